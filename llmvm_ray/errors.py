@@ -1,0 +1,50 @@
+"""Typed errors raised inside the system and mapped to HTTP statuses at the edge.
+
+Inside, every layer raises these (never returns error values, the LLM-VM defect); the ingress
+turns them into OpenAI-shaped JSON error bodies. They must stay picklable so they survive a
+trip through Ray (a replica's exception reaches the ingress as a ``RayTaskError`` that is
+also an instance of the original class).
+"""
+
+from __future__ import annotations
+
+
+class LLMVMError(Exception):
+    """Base class. ``status`` is the HTTP status the edge answers with."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.param))
+
+
+class InvalidRequestError(LLMVMError):
+    """The request is malformed or asks for something impossible; ``param`` names the field."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(LLMVMError):
+    status = 401
+    type = "authentication_error"
+
+
+class NotFoundError(LLMVMError):
+    """An unknown model, adapter, task or resource id."""
+
+    status = 404
+    type = "not_found_error"
+
+
+class ConfigError(LLMVMError):
+    """The configuration (file, env vars or flags) is invalid."""
+
+    status = 500
+    type = "config_error"
