@@ -49,7 +49,9 @@ class ModelConfig(Section):
     """One served base model (and the LoRA adapters known for it)."""
 
     name: str = Field(
-        ..., min_length=1, pattern=r"^[A-Za-z0-9._/-]+$",
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._/-]+$",
         description="Model id clients put in `model`; adapters are addressed as `name:adapter`.",
     )
     model_uri: str = Field(
@@ -70,7 +72,8 @@ class ModelConfig(Section):
         8, ge=1, description="Adapters a replica keeps loaded at once (least recently used go)."
     )
     max_model_len: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Context length (prompt + completion); default: the model's own limit.",
     )
     default_max_tokens: int = Field(
@@ -82,9 +85,7 @@ class ModelConfig(Section):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="How long a replica waits to fill a batch before starting it."
     )
-    num_replicas: int = Field(
-        1, ge=1, description="Replicas when autoscaling is off."
-    )
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     autoscaling: AutoscalingConfig | None = Field(
         None, description="Autoscaling bounds; when set, `num_replicas` is ignored."
     )
@@ -128,6 +129,10 @@ class RayConfig(Section):
     include_dashboard: bool = Field(
         True, description="Run the dashboard with a local Ray (Ray Train's clean-up needs it)."
     )
+    auth_mode: Literal["disabled", "token"] = Field(
+        "disabled",
+        description="Ray's RAY_AUTH_MODE for every process; a local Ray binds to loopback.",
+    )
 
 
 class TeacherConfig(Section):
@@ -170,6 +175,108 @@ class SynthesisConfig(Section):
     max_tokens: int = Field(1000, ge=1, description="Teacher tokens per synthesis request.")
 
 
+class TrainConfig(Section):
+    """Defaults of every fine-tune; a run may override any of them (its `hyperparameters`)."""
+
+    method: Literal["lora", "full"] = Field(
+        "lora", description="`lora` trains a PEFT LoRA adapter; `full` trains every weight."
+    )
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        description="Module names LoRA wraps; none uses PEFT's default for the architecture.",
+    )
+    lr: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off."
+    )
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides `epochs`)."
+    )
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per worker per step.")
+    max_seq_len: int = Field(
+        512, ge=8, description="Prompt + completion tokens kept per example (prompt cut first)."
+    )
+    seed: int = Field(0, ge=0, description="Seed for initialisation, shuffling and the split.")
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of the rows held out for eval loss and exact match."
+    )
+    eval_max_examples: int = Field(
+        200, ge=0, description="Most held-out rows evaluated (the rest stay unused)."
+    )
+    eval_max_new_tokens: int = Field(
+        64, ge=1, description="Generation cap when scoring held-out exact match."
+    )
+    zero_stage: int = Field(
+        0, ge=0, le=3, description="DeepSpeed ZeRO stage; 0 means plain DDP without DeepSpeed."
+    )
+    num_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (data parallel).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); CPU workers use gloo.")
+    resources_per_worker: dict[str, float] | None = Field(
+        None,
+        description="Ray resources per worker, e.g. {CPU = 0.5}; default 1 CPU (+1 GPU).",
+    )
+    checkpoint_every_steps: int = Field(
+        50, ge=0, description="Save a resumable checkpoint every N steps; 0 only at the end."
+    )
+    checkpoints_to_keep: int = Field(2, ge=1, description="Newest checkpoints kept per run.")
+    max_failures: int = Field(
+        1, ge=-1, description="Worker-group restarts (from the last checkpoint); -1 is unbounded."
+    )
+    cancel_grace_s: float = Field(
+        10.0, ge=0, description="After a cancel, how long a run may stop itself before a kill."
+    )
+    log_every_steps: int = Field(10, ge=1, description="Log step, loss and ETA every N steps.")
+    progress_interval_s: float = Field(
+        1.0, gt=0, description="How often live progress is written to the registry."
+    )
+    health_check_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the run; Ray's 2 s stalls reports.",
+    )
+    torch_extensions_dir: str | None = Field(
+        None, description="TORCH_EXTENSIONS_DIR for workers (DeepSpeed's pre-built C++ ops)."
+    )
+
+
+class TrainQueueConfig(Section):
+    """How fine-tunes wait for their turn and for resources (never blocking serving)."""
+
+    max_concurrent_runs: int = Field(
+        1, ge=1, description="Fine-tunes training at once; later ones wait QUEUED in order."
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often a queued run re-checks its turn and free resources."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="A run still QUEUED after this fails; none waits forever."
+    )
+    reject_impossible: bool = Field(
+        True,
+        description="Refuse runs needing more than the whole cluster has (off for autoscaling).",
+    )
+
+
+class RegistryConfig(Section):
+    """The fine-tune registry actor and its durable store under `storage_path`."""
+
+    actor_name: str = Field(
+        "llmvm-registry", min_length=1, description="Name of the detached registry actor."
+    )
+    reconcile_interval_s: float = Field(
+        5.0, gt=0, description="How often runs whose supervisor is gone are marked FAILED."
+    )
+    attach_timeout_s: float = Field(
+        60.0, gt=0, description="A QUEUED run with no supervisor after this is marked FAILED."
+    )
+
+
 class Config(BaseSettings):
     """Root of the configuration tree."""
 
@@ -195,6 +302,15 @@ class Config(BaseSettings):
     )
     synthesis: SynthesisConfig = Field(
         default_factory=SynthesisConfig, description="Data synthesis."
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Fine-tune defaults (per-run overridable)."
+    )
+    train_queue: TrainQueueConfig = Field(
+        default_factory=TrainQueueConfig, description="Fine-tune queueing."
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="The fine-tune registry."
     )
 
     @model_validator(mode="after")
@@ -285,3 +401,79 @@ def _format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         lines.append(f"  {loc}: {err['msg']}")
     return "\n".join(lines)
+
+
+# -- the generated reference (docs/configuration.md) -----------------------------------------
+
+_REFERENCE_HEADER = """# Configuration reference
+
+Generated from `llmvm_ray/config.py` by `llmvm config docs`; do not edit by hand (a test
+fails when this file is stale).
+
+Values come, in rising priority, from these defaults, a TOML file (`--config FILE` or
+`$LLMVM_CONFIG`), environment variables (`LLMVM_` + the dotted key in capitals with `__` for
+each dot, e.g. `LLMVM_SERVE__PORT=8000`; lists and tables as JSON) and command-line flags.
+Unknown keys are errors. `llmvm config show` prints the effective configuration with secrets
+masked.
+"""
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation)
+    for noise in ("typing.", "pydantic.types.", "llmvm_ray.config."):
+        text = text.replace(noise, "")
+    return text.replace("NoneType", "None").replace("|", "\\|")
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "*required*"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return "(section)"
+    else:
+        value = field.default
+    if isinstance(value, SecretStr):
+        return "`****`"
+    return f"`{value!r}`" if not isinstance(value, str) else f'`"{value}"`'
+
+
+def _section_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows: list[str] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) else None
+        if nested is not None and issubclass(nested, BaseModel):
+            continue  # documented as its own section
+        rows.append(
+            f"| `{key}` | {_type_name(annotation)} | {_default_text(field)} | "
+            f"{field.description or ''} |"
+        )
+    return rows
+
+
+def _sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    found: list[tuple[str, type[BaseModel]]] = [(prefix.rstrip("."), model)]
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += _sections(annotation, f"{prefix}{name}.")
+    return found
+
+
+def render_reference() -> str:
+    """The configuration reference as Markdown, generated from the models above."""
+    out = [_REFERENCE_HEADER]
+    tables: list[tuple[str, type[BaseModel]]] = _sections(Config)
+    tables += _sections(ModelConfig, "models[].")
+    tables.append(("models[].autoscaling", AutoscalingConfig))
+    for title, model in tables:
+        heading = title or "top level"
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        out.append(f"\n## `{heading}`\n\n{doc}\n")
+        out.append("| key | type | default | meaning |\n|---|---|---|---|")
+        out += _section_rows(model, f"{title}." if title else "")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,319 @@
+"""Wire models of the HTTP API: OpenAI completions and chat (with stream chunks), the LLM-VM
+``/v1/complete`` call, the error body and the ``llmvm`` metadata extension.
+
+Request models validate everything that can be checked without the model (types, ranges,
+counts); what needs the tokenizer (context length, regex/schema compilation) is checked by the
+engine and arrives as ``InvalidRequestError`` naming the same field. Non-OpenAI fields
+(``seed`` is OpenAI's own; ``guided_*`` follow vLLM's names) are accepted at the top level,
+which is where the official ``openai`` client puts ``extra_body`` keys.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# OpenAI sampling ranges.
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**63 - 1
+
+
+class FieldError(ValueError):
+    """A validation failure that knows which request field is at fault.
+
+    Raised from model-level validators, where pydantic cannot tell the field; the HTTP edge
+    reads ``param`` from the error context so the 400 body names it.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as OpenAI-compatible servers do (clients send extras such as
+    # `user` or `metadata`); fields we know but do not implement are rejected explicitly below.
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class GuidedFields(_Request):
+    """Guided-output extensions; at most one may be set."""
+
+    guided_choice: list[str] | None = Field(
+        None, description="The output is exactly one of these strings."
+    )
+    guided_regex: str | None = Field(None, description="The output matches this regex.")
+    guided_json: dict[str, Any] | None = Field(
+        None, description="The output is JSON valid under this JSON schema."
+    )
+    guided_type: Literal["integer", "float"] | None = Field(
+        None, description="The output is a number of this type (LLM-VM's `type=`)."
+    )
+
+    @model_validator(mode="after")
+    def _one_guide(self) -> GuidedFields:
+        given = [
+            name
+            for name in ("guided_choice", "guided_regex", "guided_json", "guided_type")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise FieldError(
+                given[1], f"give at most one of guided_choice/regex/json/type, got {given}"
+            )
+        if self.guided_choice is not None and (
+            not self.guided_choice or any(c == "" for c in self.guided_choice)
+        ):
+            raise FieldError(
+                "guided_choice", "guided_choice must be a non-empty list of non-empty strings"
+            )
+        return self
+
+
+class SamplingFields(GuidedFields):
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Accepted for compatibility only at their neutral values.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: Any = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(s == "" for s in items):
+            raise ValueError("stop sequences must be non-empty strings")
+        return v
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> SamplingFields:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0.0:
+                raise FieldError(name, f"{name} is not supported; send 0 or leave it out")
+        if self.logprobs not in (None, False, 0):
+            raise FieldError("logprobs", "logprobs is not supported")
+        if self.logit_bias:
+            raise FieldError("logit_bias", "logit_bias is not supported")
+        return self
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(SamplingFields):
+    model: str = Field(..., min_length=1)
+    prompt: str | list[str]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or any(p == "" for p in prompts):
+            raise ValueError("prompt must be a non-empty string or list of non-empty strings")
+        return v
+
+    @model_validator(mode="after")
+    def _completion_only(self) -> CompletionRequest:
+        if self.best_of not in (None, 1):
+            raise FieldError("best_of", "best_of is not supported")
+        if self.suffix:
+            raise FieldError("suffix", "suffix is not supported")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _format(self) -> ChatCompletionRequest:
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        rf = self.response_format
+        if rf is not None and rf.type != "text":
+            if self.guided_choice or self.guided_regex or self.guided_json or self.guided_type:
+                raise FieldError(
+                    "response_format", "response_format cannot be combined with guided_* fields"
+                )
+            if rf.type == "json_object":
+                self.guided_json = {"type": "object"}
+            else:
+                if rf.json_schema is None:
+                    raise FieldError(
+                        "response_format.json_schema",
+                        "response_format.json_schema is required for json_schema",
+                    )
+                self.guided_json = rf.json_schema.schema_ or {"type": "object"}
+        return self
+
+
+class LLMVMMetadata(BaseModel):
+    """The documented extension object on every response: who answered and at what cost."""
+
+    model: str = Field(description="The `model` the request named.")
+    base_model: str = Field(description="The base model that ran.")
+    adapter: str | None = Field(None, description="The LoRA adapter applied, if any.")
+    served_by: Literal["base", "adapter", "teacher", "student"] = Field(
+        description="Which kind of model produced the text."
+    )
+    seed: int = Field(description="The seed used; resend it to get the same text.")
+    latency_ms: float = Field(description="Time inside the service, request to last token.")
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    llmvm: LLMVMMetadata | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    llmvm: LLMVMMetadata
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    llmvm: LLMVMMetadata | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "llmvm"
+    root: str
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, plus LLM-VM's ``status``/``resp`` so old clients still read it."""
+
+    error: ErrorDetail
+    status: int
+    resp: str

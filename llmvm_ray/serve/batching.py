@@ -1,0 +1,163 @@
+"""Micro-batching of generation requests inside one replica.
+
+Why not ``@serve.batch``: it splits batches by multiplexed model id (so a batch would never
+mix adapters) and its streaming mode yields one item per request per step, while the engine
+already streams per-row deltas from a single padded ``generate`` call. This loop collects
+requests for up to ``wait_s`` (or until ``max_batch_size`` sequences are waiting), runs one
+engine call in a worker thread, and routes every delta and result back to its request's
+queue. Requests arriving while a batch runs form the next batch, so the engine never idles
+while work is queued. Nothing here imports Ray: it is tested with a plain asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[
+    [list[GenerationRequest], Callable[[StreamDelta], None], Callable[[str], bool]],
+    list[GenerationResult],
+]
+
+_DONE = object()
+
+
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    aborted: bool = False
+
+
+class Batcher:
+    """Collects requests into batches and runs them one batch at a time.
+
+    ``run_batch(requests, on_delta, should_abort)`` is the engine call; it runs in a thread
+    so the event loop keeps accepting requests while a batch decodes.
+    """
+
+    def __init__(self, run_batch: RunBatch, max_batch_size: int, wait_s: float) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._wait_s = wait_s
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self.batches_run = 0
+        self.sequences_run = 0
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._serve_forever())
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """Yield the request's deltas as they decode, then its ``GenerationResult``.
+
+        Closing the iterator early (a client went away) aborts the request's rows at the
+        next decoding step instead of decoding them to ``max_tokens``.
+        """
+        self._ensure_loop()
+        item = _Pending(request)
+        self._pending.append(item)
+        self._wakeup.set()
+        try:
+            while True:
+                event = await item.queue.get()
+                if event is _DONE:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            item.aborted = True
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run a request to completion and return its result (deltas are dropped)."""
+        result: GenerationResult | None = None
+        async for event in self.stream(request):
+            if isinstance(event, GenerationResult):
+                result = event
+        assert result is not None, "batch finished without a result"
+        return result
+
+    def check(self) -> None:
+        """Raise if the batch loop died (Serve's health check calls this)."""
+        task = self._loop_task
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            raise RuntimeError(f"batch loop died: {task.exception()!r}")
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.aborted:
+                self._pending.pop(0)
+                continue
+            n = item.request.params.n
+            if batch and rows + n > self._max_batch_size:
+                break
+            batch.append(self._pending.pop(0))
+            rows += n
+        return batch
+
+    def _rows_waiting(self) -> int:
+        return sum(p.request.params.n for p in self._pending if not p.aborted)
+
+    async def _serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Give concurrent requests a moment to join, unless the batch is already full.
+            deadline = loop.time() + self._wait_s
+            while self._rows_waiting() < self._max_batch_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch, loop)
+
+    async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        by_id = {item.request.request_id: item for item in batch}
+
+        def on_delta(delta: StreamDelta) -> None:
+            item = by_id.get(delta.request_id)
+            if item is not None and not item.aborted:
+                loop.call_soon_threadsafe(item.queue.put_nowait, delta)
+
+        def should_abort(request_id: str) -> bool:
+            item = by_id.get(request_id)
+            return item is None or item.aborted
+
+        self.batches_run += 1
+        self.sequences_run += sum(item.request.params.n for item in batch)
+        try:
+            results = await asyncio.to_thread(
+                self._run_batch, [item.request for item in batch], on_delta, should_abort
+            )
+        except Exception as exc:  # one engine failure fails this batch's requests, not the loop
+            logger.exception("batch of %d requests failed", len(batch))
+            for item in batch:
+                item.queue.put_nowait(exc)
+            return
+        for result in results:
+            item = by_id[result.request_id]
+            item.queue.put_nowait(result)
+            item.queue.put_nowait(_DONE)

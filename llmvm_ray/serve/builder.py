@@ -1,0 +1,79 @@
+"""Turn a ``Config`` into a Ray Serve application.
+
+One ``ModelServer`` deployment per configured base model (named after the model), and one
+FastAPI ingress deployment that holds handles to all of them. ``build_app`` is what
+``llmvm serve`` runs; ``app_builder`` is the same for ``serve run`` and Serve config files
+(``import_path: llmvm_ray.serve.builder:app_builder`` with ``args: {config: path.toml}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from llmvm_ray.config import Config, ModelConfig, load_config
+from llmvm_ray.errors import ConfigError
+from llmvm_ray.serve.model_server import ModelServer
+
+
+@serve.ingress()
+class Ingress:
+    """The HTTP API replica. Its FastAPI app is built at replica start (not at import)."""
+
+    def __init__(self, config: Config, replicas: dict[str, Any]) -> None:
+        from llmvm_ray.serve.service import OpenAIService
+
+        self.service = OpenAIService(config, replicas)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from llmvm_ray.serve.routes import create_app
+
+        return create_app(self.service)
+
+
+def deployment_name(model: ModelConfig) -> str:
+    return "model-" + model.name.replace("/", "--")
+
+
+def _model_deployment(model: ModelConfig) -> Application:
+    options: dict[str, Any] = {
+        "name": deployment_name(model),
+        "ray_actor_options": {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "health_check_period_s": 10,
+    }
+    if model.autoscaling is not None:
+        a = model.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = model.num_replicas
+    return serve.deployment(ModelServer).options(**options).bind(model)
+
+
+def build_app(config: Config) -> Application:
+    """The whole service as one Serve application."""
+    if not config.models:
+        raise ConfigError(
+            "no models configured: add a [[models]] entry (name, model_uri) to the config "
+            "file or pass --model to `llmvm serve`"
+        )
+    replicas = {m.name: _model_deployment(m) for m in config.models}
+    ingress = serve.deployment(Ingress).options(
+        name="ingress",
+        num_replicas=config.serve.ingress_replicas,
+        ray_actor_options={"num_cpus": config.serve.ingress_num_cpus},
+        max_ongoing_requests=1024,
+    )
+    return ingress.bind(config, replicas)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for ``serve run`` / Serve config files: ``args`` may name a ``config``
+    TOML file; ``LLMVM_*`` environment variables apply as usual."""
+    return build_app(load_config(args.get("config")))

@@ -1,0 +1,69 @@
+"""The model replica: one ``Engine`` (a base model plus its LoRA adapters) behind a batcher.
+
+The builder turns this class into one Serve deployment per configured base model. Requests
+come from the ingress through a ``DeploymentHandle``; each is validated on arrival (so one bad
+request never fails the batch it would have joined), then decoded in a shared batch that may
+mix adapters. Adapters are loaded on demand from the path the ingress resolved, and the engine
+keeps the least recently used ones up to ``max_adapters_per_replica``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmvm_ray.config import ModelConfig
+from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
+from llmvm_ray.serve.batching import Batcher
+
+
+class ModelServer:
+    def __init__(self, model_config: ModelConfig) -> None:
+        from llmvm_ray.engine import Engine  # heavy: torch + transformers
+
+        self.config = model_config
+        self.engine = Engine(model_config)
+        self.batcher = Batcher(
+            self.engine.generate,
+            max_batch_size=model_config.max_batch_size,
+            wait_s=model_config.batch_wait_timeout_s,
+        )
+
+    def _prepare(
+        self, request: GenerationRequest, messages: list[dict[str, str]] | None
+    ) -> GenerationRequest:
+        """Render chat messages with this model's template, then validate the request."""
+        if messages is not None:
+            request = dataclasses.replace(request, prompt=self.engine.render_chat(messages))
+        self.engine.validate(request)
+        return request
+
+    async def generate(
+        self, request: GenerationRequest, messages: list[dict[str, str]] | None = None
+    ) -> GenerationResult:
+        # Tokenizing and compiling a grammar can take milliseconds: keep the loop free.
+        request = await asyncio.to_thread(self._prepare, request, messages)
+        return await self.batcher.generate(request)
+
+    async def generate_stream(
+        self, request: GenerationRequest, messages: list[dict[str, str]] | None = None
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """Deltas as they decode, then the final result (call with ``stream=True``)."""
+        request = await asyncio.to_thread(self._prepare, request, messages)
+        async for event in self.batcher.stream(request):
+            yield event
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "model": self.config.name,
+            "max_model_len": self.engine.max_model_len,
+            "loaded_adapters": self.engine.loaded_adapters(),
+            "batches_run": self.batcher.batches_run,
+            "sequences_run": self.batcher.sequences_run,
+        }
+
+    async def check_health(self) -> None:
+        """Serve's health probe: the replica is healthy while its batch loop is alive."""
+        self.batcher.check()

@@ -1,0 +1,164 @@
+"""The HTTP edge: FastAPI routes, auth, and the mapping of every failure to a typed JSON error.
+
+Every error leaves as OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``)
+with a real status code, plus LLM-VM's ``status``/``resp`` keys for its old clients. Bad input
+is a 4xx naming the field; nothing a client sends can produce a 500 or a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.exceptions import RayActorError, RayError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmvm_ray.errors import AuthenticationError, LLMVMError
+from llmvm_ray.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorDetail,
+    ErrorResponse,
+    FieldError,
+)
+from llmvm_ray.serve.service import OpenAIService
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int, message: str, type_: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorDetail(message=message, type=type_, param=param, code=code),
+        status=status,
+        resp=message,
+    )
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _typed_error(exc: BaseException) -> LLMVMError | None:
+    """Our error inside ``exc``: Ray wraps a replica's exception as ``RayTaskError`` whose
+    ``cause`` is the original."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, LLMVMError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if not errors:
+        return error_response(400, "invalid request", "invalid_request_error")
+    err = errors[0]
+    if err.get("type") == "json_invalid":
+        return error_response(
+            400,
+            f"request body is not valid JSON: {err.get('msg')}",
+            "invalid_request_error",
+            param="body",
+            code="invalid_json",
+        )
+    cause = (err.get("ctx") or {}).get("error")
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if isinstance(cause, FieldError):
+        param, message = cause.param, str(cause)
+    else:
+        param = ".".join(loc) or None
+        message = err.get("msg", "invalid value")
+        if err.get("type") == "missing":
+            message = f"missing required field '{param}'"
+        elif err.get("type") == "model_attributes_type":
+            message = "request body must be a JSON object"
+        elif param:
+            message = f"{param}: {message}"
+    return error_response(400, message, "invalid_request_error", param=param)
+
+
+def create_app(service: OpenAIService) -> FastAPI:
+    """The ASGI app of one ingress replica, bound to its service."""
+    config = service.config.serve
+    keys = [k.get_secret_value().encode() for k in config.api_keys]
+    timeout = config.request_timeout_s
+    app = FastAPI(title="llmvm-ray", version="0.1.0", docs_url="/docs", redoc_url=None)
+
+    def authorize(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        given = token.strip().encode()
+        if not any(hmac.compare_digest(given, k) for k in keys):
+            raise AuthenticationError("invalid API key")
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), type_)
+
+    async def _on_error(_: Request, exc: Exception) -> JSONResponse:
+        typed = _typed_error(exc)
+        if typed is not None:
+            return error_response(typed.status, typed.message, typed.type, param=typed.param)
+        if isinstance(exc, TimeoutError):
+            return error_response(504, "the request timed out", "timeout_error")
+        if isinstance(exc, RayActorError):
+            return error_response(503, "the model replica is unavailable", "unavailable")
+        logger.error("unhandled error", exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}", "internal_error")
+
+    # Handlers for specific classes run inside the app (a bare ``Exception`` handler would
+    # still re-raise into the server); Ray's wrapped replica errors are ``RayError``s.
+    for exc_class in (LLMVMError, RayError, TimeoutError, Exception):
+        app.add_exception_handler(exc_class, _on_error)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        # Label by route, never by raw path: unknown paths must not grow the label set.
+        route = request.scope.get("route")
+        service.metrics.count(getattr(route, "path", "other"), response.status_code)
+        return response
+
+    async def answer(call: Any) -> Response:
+        result = await asyncio.wait_for(call, timeout)
+        if isinstance(result, AsyncIterator):
+            return StreamingResponse(result, media_type="text/event-stream")
+        return JSONResponse(result.model_dump(exclude_none=True))
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: CompletionRequest) -> Response:
+        return await answer(service.completions(body))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        return await answer(service.chat(body))
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> Response:
+        return JSONResponse(service.models().model_dump(exclude_none=True))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    return app
