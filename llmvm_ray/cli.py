@@ -106,22 +106,32 @@ def serve(
     console = _console()
     from llmvm_ray.serve.deploy import ServiceRunner
 
+    stop = _install_stop_handlers()
     with ServiceRunner(cfg) as runner:
-        console.print(f"[green]llmvm is serving[/green] at {runner.url}")
-        for m in cfg.models:
-            names = [m.name] + [f"{m.name}:{a}" for a in m.adapters]
-            console.print(f"  models: {', '.join(names)}")
-        console.print("Press Ctrl+C to stop.")
-        _wait_for_interrupt()
+        if not stop.is_set():
+            console.print(f"[green]llmvm is serving[/green] at {runner.url}")
+            for m in cfg.models:
+                names = [m.name] + [f"{m.name}:{a}" for a in m.adapters]
+                console.print(f"  models: {', '.join(names)}")
+            console.print("Press Ctrl+C to stop.")
+        while not stop.wait(0.5):
+            pass
         console.print("shutting down...")
 
 
-def _wait_for_interrupt() -> None:
+def _install_stop_handlers() -> threading.Event:
+    """The first Ctrl+C (or SIGTERM) asks for a clean shutdown, even while still starting;
+    a second one interrupts whatever is running."""
     stop = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+        signal.signal(sig, handle)
+    return stop
 
 
 @app.command()

@@ -14,7 +14,14 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 # OpenAI sampling ranges.
 MAX_TEMPERATURE = 2.0
@@ -92,7 +99,7 @@ class SamplingFields(GuidedFields):
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     # Accepted for compatibility only at their neutral values.
     presence_penalty: float = 0.0
@@ -128,7 +135,7 @@ class SamplingFields(GuidedFields):
 class CompletionRequest(SamplingFields):
     model: str = Field(..., min_length=1)
     prompt: str | list[str]
-    echo: bool = False
+    echo: StrictBool = False
     best_of: int | None = None
     suffix: str | None = None
 

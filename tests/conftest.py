@@ -44,3 +44,70 @@ def ray_session():
 
     serve.shutdown()
     ray.shutdown()
+
+
+# -- one real Serve deployment of a tiny model (with two LoRA adapters) -------------------
+
+API_KEY = "sk-test-key"
+
+
+def make_adapter(model_dir, out_dir, seed: int):
+    """A randomly initialised LoRA adapter (so it visibly changes outputs), saved PEFT-style."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(8.0)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a1": make_adapter(tiny_llama, root / "a1", seed=1),
+        "a2": make_adapter(tiny_llama, root / "a2", seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def service(ray_session, tiny_llama, adapters):
+    """The running service: yields (base_url, config)."""
+    from llmvm_ray.config import load_config
+    from llmvm_ray.serve.deploy import ServiceRunner
+
+    config = load_config(
+        overrides={
+            "serve": {"port": free_port(), "api_keys": [API_KEY], "app_name": "test-serve"},
+            "models": [
+                {
+                    "name": "tiny",
+                    "model_uri": str(tiny_llama),
+                    "adapters": {k: str(v) for k, v in adapters.items()},
+                    "num_cpus": 0.5,
+                    "max_adapters_per_replica": 2,
+                }
+            ],
+        }
+    )
+    runner = ServiceRunner(config, shutdown_ray=False).start()
+    yield runner.url, config
+    runner.stop()
+
+
+@pytest.fixture()
+def client(service):
+    import openai
+
+    url, _ = service
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60)

@@ -153,11 +153,8 @@ def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
 
 def sse(payload: object) -> str:
     """One server-sent event carrying a JSON payload (a pydantic model or plain data)."""
-    if hasattr(payload, "model_dump_json"):
-        body = payload.model_dump_json(exclude_none=True)
-    else:
-        body = json.dumps(payload)
-    return f"data: {body}\n\n"
+    dump = getattr(payload, "model_dump_json", None)
+    return f"data: {dump() if dump else json.dumps(payload)}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"

@@ -55,6 +55,15 @@ def _typed_error(exc: BaseException) -> LLMVMError | None:
     return None
 
 
+# pydantic puts the union member it tried into the error location (e.g. ``prompt.str``).
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _is_type_tag(part: object) -> bool:
+    text = str(part)
+    return text in _TYPE_TAGS or "[" in text or "(" in text
+
+
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if not errors:
@@ -69,13 +78,15 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
             code="invalid_json",
         )
     cause = (err.get("ctx") or {}).get("error")
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(p)]
     if isinstance(cause, FieldError):
         param, message = cause.param, str(cause)
     else:
         param = ".".join(loc) or None
         message = err.get("msg", "invalid value")
-        if err.get("type") == "missing":
+        if err.get("type") == "missing" and param is None:
+            param, message = "body", "request body is missing: send a JSON object"
+        elif err.get("type") == "missing":
             message = f"missing required field '{param}'"
         elif err.get("type") == "model_attributes_type":
             message = "request body must be a JSON object"
@@ -139,7 +150,7 @@ def create_app(service: OpenAIService) -> FastAPI:
         result = await asyncio.wait_for(call, timeout)
         if isinstance(result, AsyncIterator):
             return StreamingResponse(result, media_type="text/event-stream")
-        return JSONResponse(result.model_dump(exclude_none=True))
+        return JSONResponse(result.model_dump())
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest) -> Response:
@@ -151,7 +162,7 @@ def create_app(service: OpenAIService) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> Response:
-        return JSONResponse(service.models().model_dump(exclude_none=True))
+        return JSONResponse(service.models().model_dump())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

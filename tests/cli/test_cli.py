@@ -12,8 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.serve.conftest import API_KEY
+from tests.conftest import API_KEY, free_port
 
 LLMVM = [sys.executable, "-m", "llmvm_ray.cli"]
 

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.conftest import API_KEY
+from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.ray
 
