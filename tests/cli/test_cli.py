@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -85,7 +86,8 @@ def test_complete_against_a_running_server(service):
 
 @pytest.mark.ray
 def test_serve_starts_answers_and_stops_on_ctrl_c(tiny_llama, tmp_path):
-    """`llmvm serve` starts its own local Ray, serves, and Ctrl+C shuts everything down."""
+    """`llmvm serve` starts its own local Ray, says where it serves, answers, and Ctrl+C
+    shuts everything down with exit code 0."""
     port = free_port()
     proc = subprocess.Popen(
         [*LLMVM, "serve", "--model", f"tiny={tiny_llama}", "--port", str(port)],
@@ -94,17 +96,17 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tiny_llama, tmp_path):
         text=True,
         env={**os.environ, "LLMVM_STORAGE_PATH": str(tmp_path)},
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        while not any("llmvm is serving" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        assert any(url in line for line in lines)
         r = httpx.post(
             f"{url}/v1/completions",
             json={"model": "tiny", "prompt": "hi", "max_tokens": 3},
@@ -113,9 +115,11 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tiny_llama, tmp_path):
         assert r.status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert proc.returncode == 0, output
-    assert "serving" in output and "shutting down" in output
+    assert "shutting down" in output
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=2)
 
