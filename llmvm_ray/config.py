@@ -139,9 +139,16 @@ class TeacherConfig(Section):
     """The big model that answers first and teaches the student (optimizer)."""
 
     base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint; none means a model served here."
+        None,
+        description="OpenAI-compatible endpoint; none means `model` is one of `models` here.",
     )
-    model: str = Field("gpt-4o-mini", description="Model name sent to the teacher endpoint.")
+    model: str = Field(
+        "teacher", description="Teacher model: a name in `models`, or the remote model name."
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description="Remote API to call; with `chat` the context is the system message.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Teacher API key (a request's `openai_key` overrides it)."
     )
@@ -151,13 +158,61 @@ class TeacherConfig(Section):
 
 
 class OptimizerConfig(Section):
-    """The distillation loop (LLM-VM's optimizer options)."""
+    """The distillation loop (LLM-VM's optimizer options plus the quality gate and drift)."""
 
+    enabled: bool = Field(True, description="Run the optimizer (`/v1/complete`, `llmvm` model).")
+    student_model: str = Field(
+        "student", description="The student base model: a name in `models` (adapters go on it)."
+    )
+    record_all: bool = Field(
+        False, description="Record every teacher answer, not only requests with `finetune`."
+    )
     min_train_examples: int = Field(
         20, ge=1, description="Recorded examples before a task's first fine-tune."
     )
     max_train_examples: int = Field(
         2000, ge=1, description="Recording stops for a task after this many examples."
+    )
+    retrain_growth: float = Field(
+        2.0, ge=1.0, description="A task retrains once its examples grew by this factor."
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of recorded examples held out for the gate."
+    )
+    min_holdout: int = Field(4, ge=1, description="Fewest held-out examples a gate may use.")
+    gate_metric: Literal["exact", "normalized", "token_f1", "valid"] = Field(
+        "normalized",
+        description="Student-vs-teacher score: exact, normalized exact, token F1, or validity.",
+    )
+    gate_threshold: float = Field(
+        0.9, ge=0, le=1, description="Promote a student only if its gate score reaches this."
+    )
+    shadow_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of student-served requests also sent to the teacher."
+    )
+    shadow_window: int = Field(
+        50, ge=1, description="Shadow comparisons in the rolling agreement window."
+    )
+    min_shadow_samples: int = Field(
+        10, ge=1, description="Shadow comparisons needed before a rollback can happen."
+    )
+    drift_threshold: float = Field(
+        0.8, ge=0, le=1, description="Roll back to the teacher when rolling agreement drops below."
+    )
+    flush_rows: int = Field(
+        16, ge=1, description="Recorded rows buffered before they are written to Parquet."
+    )
+    flush_interval_s: float = Field(
+        2.0, gt=0, description="Most seconds a recorded row waits in the buffer."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="Completion length of `/v1/complete` calls that give none."
+    )
+    train_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="`train` fields overridden for optimizer fine-tunes."
+    )
+    teacher_cost_per_1k_tokens: float = Field(
+        0.01, ge=0, description="Teacher price per 1k tokens, for the cost-saved estimate."
     )
 
 

@@ -43,6 +43,25 @@ class NotFoundError(LLMVMError):
     type = "not_found_error"
 
 
+class ConflictError(LLMVMError):
+    """The resource is in a state that forbids the request (e.g. cancelling a finished run)."""
+
+    status = 409
+    type = "conflict_error"
+
+
+class NotImplementedByServerError(LLMVMError):
+    """A documented field or feature this server does not provide (yet)."""
+
+    status = 501
+    type = "not_implemented_error"
+
+
+class ServiceUnavailableError(LLMVMError):
+    status = 503
+    type = "unavailable"
+
+
 class ConfigError(LLMVMError):
     """The configuration (file, env vars or flags) is invalid."""
 

@@ -138,6 +138,11 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     best_of: int | None = None
     suffix: str | None = None
+    # Extensions for the optimizing model (`model="llmvm"`): the stable context of the task
+    # and LLM-VM's flags. `prompt` is then the dynamic part only.
+    context: str | None = None
+    finetune: StrictBool = False
+    data_synthesis: StrictBool = False
 
     @field_validator("prompt")
     @classmethod
@@ -230,6 +235,7 @@ class LLMVMMetadata(BaseModel):
     latency_ms: float = Field(description="Time inside the service, request to last token.")
     prompt_tokens: int
     completion_tokens: int
+    task_id: str | None = Field(None, description="The optimizing task, when there is one.")
 
 
 class Usage(BaseModel):
@@ -295,6 +301,58 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     llmvm: LLMVMMetadata | None = None
+
+
+class ToolSpec(BaseModel):
+    """LLM-VM's tool format (used by the agents)."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = Field(..., min_length=1)
+    url: str = Field(..., min_length=1)
+    method: Literal["GET", "POST"] = "GET"
+    static_params: dict[str, Any] = Field(default_factory=dict)
+    dynamic_params: dict[str, str] = Field(default_factory=dict)
+
+
+class CompleteRequest(GuidedFields):
+    """LLM-VM's ``POST /v1/complete`` body (plus ``seed``, ``max_tokens``, ``top_p`` and the
+    per-request ``big_model`` / ``small_model`` of its Python client)."""
+
+    prompt: str = Field(..., min_length=1, description="The dynamic prompt.")
+    context: str = Field(..., description="The stable context: what defines the task.")
+    openai_key: str | None = Field(None, description="Key for the teacher endpoint.")
+    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stoptoken: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    data_synthesis: StrictBool = False
+    finetune: StrictBool = False
+    tools: list[ToolSpec] | None = None
+    big_model: str | None = Field(None, description="Teacher model (default from config).")
+    small_model: str | None = Field(None, description="Student model (default from config).")
+
+    @field_validator("stoptoken")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop tokens are allowed")
+        if any(s == "" for s in items):
+            raise ValueError("stop tokens must be non-empty strings")
+        return v
+
+    def stop_list(self) -> list[str]:
+        if self.stoptoken is None:
+            return []
+        return [self.stoptoken] if isinstance(self.stoptoken, str) else list(self.stoptoken)
+
+
+class CompleteResponse(BaseModel):
+    completion: str
+    status: int = 200
+    finish_reason: Literal["stop", "length"] | str = "stop"
+    llmvm: LLMVMMetadata
 
 
 class ModelCard(BaseModel):

@@ -25,7 +25,12 @@ class Ingress:
     def __init__(self, config: Config, replicas: dict[str, Any]) -> None:
         from llmvm_ray.serve.service import OpenAIService
 
-        self.service = OpenAIService(config, replicas)
+        optimizer = None
+        if config.optimizer.enabled:
+            from llmvm_ray.optimizer.manager import get_optimizer
+
+            optimizer = get_optimizer(config)
+        self.service = OpenAIService(config, replicas, optimizer)
 
     def __serve_build_asgi_app__(self) -> Any:
         from llmvm_ray.serve.routes import create_app

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +20,10 @@ from ray.exceptions import RayActorError, RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmvm_ray.errors import AuthenticationError, LLMVMError
+from llmvm_ray.optimizer.task import tenant_of
 from llmvm_ray.protocol import (
     ChatCompletionRequest,
+    CompleteRequest,
     CompletionRequest,
     ErrorDetail,
     ErrorResponse,
@@ -95,23 +97,30 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return error_response(400, message, "invalid_request_error", param=param)
 
 
+def authorize(request: Request) -> str:
+    """Check the bearer key against the app's keys; return the tenant it belongs to."""
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return tenant_of(None)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+    given = token.strip().encode()
+    if not any(hmac.compare_digest(given, k) for k in keys):
+        raise AuthenticationError("invalid API key")
+    return tenant_of(given.decode())
+
+
+Tenant = Annotated[str, Depends(authorize)]
+
+
 def create_app(service: OpenAIService) -> FastAPI:
     """The ASGI app of one ingress replica, bound to its service."""
     config = service.config.serve
-    keys = [k.get_secret_value().encode() for k in config.api_keys]
     timeout = config.request_timeout_s
     app = FastAPI(title="llmvm-ray", version="0.1.0", docs_url="/docs", redoc_url=None)
-
-    def authorize(request: Request) -> None:
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        given = token.strip().encode()
-        if not any(hmac.compare_digest(given, k) for k in keys):
-            raise AuthenticationError("invalid API key")
+    app.state.api_keys = [k.get_secret_value().encode() for k in config.api_keys]
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,19 +159,34 @@ def create_app(service: OpenAIService) -> FastAPI:
         result = await asyncio.wait_for(call, timeout)
         if isinstance(result, AsyncIterator):
             return StreamingResponse(result, media_type="text/event-stream")
+        if isinstance(result, dict):
+            return JSONResponse(result)
         return JSONResponse(result.model_dump())
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionRequest) -> Response:
-        return await answer(service.completions(body))
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, tenant: Tenant) -> Response:
+        return await answer(service.completions(body, tenant))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return await answer(service.chat(body))
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, tenant: Tenant) -> Response:
+        return await answer(service.chat(body, tenant))
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    async def models() -> Response:
-        return JSONResponse(service.models().model_dump())
+    @app.post("/v1/complete")
+    async def complete(body: CompleteRequest, tenant: Tenant) -> Response:
+        """LLM-VM's completion call, through the optimizer."""
+        return await answer(service.complete(body, tenant))
+
+    @app.get("/v1/models")
+    async def models(tenant: Tenant) -> Response:
+        return JSONResponse((await service.models(tenant)).model_dump())
+
+    @app.get("/v1/tasks")
+    async def tasks(tenant: Tenant) -> Response:
+        return JSONResponse(await service.tasks(tenant))
+
+    @app.get("/v1/tasks/{task_id}")
+    async def task(task_id: str, tenant: Tenant) -> Response:
+        return JSONResponse(await service.task(tenant, task_id))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

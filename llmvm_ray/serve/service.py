@@ -15,13 +15,21 @@ from typing import Any, Protocol
 
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationResult, StreamDelta
-from llmvm_ray.errors import InvalidRequestError, NotFoundError
+from llmvm_ray.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    NotImplementedByServerError,
+    ServiceUnavailableError,
+)
+from llmvm_ray.optimizer.router import OptimizeCall, OptimizingService
 from llmvm_ray.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    CompleteRequest,
+    CompleteResponse,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -49,17 +57,38 @@ class ReplicaHandle(Protocol):
     def generate_stream(self) -> Any: ...
 
 
+OPTIMIZING_MODEL = "llmvm"
+
+
 class OpenAIService:
-    def __init__(self, config: Config, replicas: dict[str, ReplicaHandle]) -> None:
+    """Everything behind the routes. ``optimizer`` is the optimizer actor's handle; without
+    one (tests of plain serving) the optimizing endpoints answer 503."""
+
+    def __init__(
+        self, config: Config, replicas: dict[str, ReplicaHandle], optimizer: Any = None
+    ) -> None:
         self.config = config
         self.replicas = replicas
+        self.optimizer = optimizer
+        self.optimizing = (
+            OptimizingService(config, replicas, optimizer) if optimizer is not None else None
+        )
         self.metrics = ServeMetrics()
         self.created = now()
 
     # -- models -------------------------------------------------------------------------
 
-    def resolve(self, model: str) -> oa.Target:
-        """``base`` or ``base:adapter`` → the replica deployment and adapter to use."""
+    async def _promoted(self, tenant: str) -> list[dict[str, str]]:
+        if self.optimizer is None:
+            return []
+        return await self.optimizer.adapters.remote(tenant)
+
+    async def resolve(self, model: str, tenant: str) -> oa.Target:
+        """``base`` or ``base:adapter`` → the replica deployment and adapter to use.
+
+        Adapters are the configured ones plus the students the optimizer promoted for this
+        tenant; another tenant's student does not exist as far as this tenant can tell.
+        """
         base, sep, adapter = model.partition(ADAPTER_SEPARATOR)
         try:
             model_config = self.config.model(base)
@@ -68,17 +97,25 @@ class OpenAIService:
         if not sep:
             return oa.Target(requested=model, base=base)
         path = model_config.adapters.get(adapter)
+        if path is None and base == self.config.optimizer.student_model:
+            promoted = {a["name"]: a["path"] for a in await self._promoted(tenant)}
+            path = promoted.get(adapter)
         if path is None:
             raise NotFoundError(
                 f"adapter '{adapter}' of model '{base}' does not exist", param="model"
             )
         return oa.Target(requested=model, base=base, adapter=AdapterRef(adapter, path))
 
-    def models(self) -> ModelList:
+    async def models(self, tenant: str) -> ModelList:
         cards = []
+        if self.optimizer is not None:
+            cards.append(ModelCard(id=OPTIMIZING_MODEL, created=self.created, root="optimizer"))
         for m in self.config.models:
             cards.append(ModelCard(id=m.name, created=self.created, root=m.model_uri))
-            for adapter, path in sorted(m.adapters.items()):
+            adapters = dict(m.adapters)
+            if m.name == self.config.optimizer.student_model:
+                adapters.update({a["name"]: a["path"] for a in await self._promoted(tenant)})
+            for adapter, path in sorted(adapters.items()):
                 cards.append(
                     ModelCard(
                         id=f"{m.name}{ADAPTER_SEPARATOR}{adapter}",
@@ -88,6 +125,94 @@ class OpenAIService:
                     )
                 )
         return ModelList(data=cards)
+
+    # -- the optimizing path ------------------------------------------------------------
+
+    def _optimizing(self) -> OptimizingService:
+        if self.optimizing is None:
+            raise ServiceUnavailableError("the optimizer is not running in this deployment")
+        return self.optimizing
+
+    async def complete(self, request: CompleteRequest, tenant: str) -> CompleteResponse:
+        """LLM-VM's ``POST /v1/complete``."""
+        if request.tools:
+            raise NotImplementedByServerError(
+                "tools (agent completions) are not available yet", param="tools"
+            )
+        result = await self._optimizing().complete(
+            OptimizeCall(
+                tenant=tenant,
+                context=request.context,
+                prompt=request.prompt,
+                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=tuple(request.stop_list()),
+                seed=self._seed(request.seed),
+                guided=oa.guided_spec(request),
+                finetune=request.finetune,
+                teacher=request.big_model,
+                student=request.small_model,
+                api_key=request.openai_key,
+            )
+        )
+        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
+        return CompleteResponse(
+            completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
+        )
+
+    async def _optimized_completion(
+        self, request: CompletionRequest, tenant: str
+    ) -> CompletionResponse:
+        """``/v1/completions`` with ``model="llmvm"``: the optimizing path, OpenAI-shaped."""
+        if request.stream:
+            raise InvalidRequestError(
+                "streaming is not available for the optimizing model yet", param="stream"
+            )
+        if not isinstance(request.prompt, str) or request.n != 1:
+            raise InvalidRequestError(
+                "the optimizing model takes one prompt string and n=1", param="prompt"
+            )
+        result = await self._optimizing().complete(
+            OptimizeCall(
+                tenant=tenant,
+                context=request.context or "",
+                prompt=request.prompt,
+                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=tuple(request.stop_list()),
+                seed=self._seed(request.seed),
+                guided=oa.guided_spec(request),
+                finetune=request.finetune,
+            )
+        )
+        self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
+        usage = Usage(
+            prompt_tokens=result.meta.prompt_tokens,
+            completion_tokens=result.meta.completion_tokens,
+            total_tokens=result.meta.prompt_tokens + result.meta.completion_tokens,
+        )
+        return CompletionResponse(
+            id=new_id("cmpl"),
+            created=now(),
+            model=OPTIMIZING_MODEL,
+            choices=[
+                CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)
+            ],
+            usage=usage,
+            llmvm=result.meta,
+        )
+
+    async def tasks(self, tenant: str) -> dict[str, Any]:
+        if self.optimizer is None:
+            raise ServiceUnavailableError("the optimizer is not running in this deployment")
+        return {"object": "list", "data": await self.optimizer.list_tasks.remote(tenant)}
+
+    async def task(self, tenant: str, task_id: str) -> dict[str, Any]:
+        if self.optimizer is None:
+            raise ServiceUnavailableError("the optimizer is not running in this deployment")
+        return await self.optimizer.get_task.remote(tenant, task_id)
 
     # -- completions --------------------------------------------------------------------
 
@@ -108,11 +233,13 @@ class OpenAIService:
         return self.config.model(target.base).default_max_tokens
 
     async def completions(
-        self, request: CompletionRequest
+        self, request: CompletionRequest, tenant: str
     ) -> CompletionResponse | AsyncIterator[str]:
         started = time.perf_counter()
         self._check_limits(request)
-        target = self.resolve(request.model)
+        if request.model == OPTIMIZING_MODEL:
+            return await self._optimized_completion(request, tenant)
+        target = await self.resolve(request.model, tenant)
         seed = self._seed(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
         response_id = new_id("cmpl")
@@ -180,11 +307,15 @@ class OpenAIService:
         )
 
     async def chat(
-        self, request: ChatCompletionRequest
+        self, request: ChatCompletionRequest, tenant: str
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         started = time.perf_counter()
         self._check_limits(request)
-        target = self.resolve(request.model)
+        if request.model == OPTIMIZING_MODEL:
+            raise InvalidRequestError(
+                "the optimizing model answers on /v1/completions and /v1/complete", param="model"
+            )
+        target = await self.resolve(request.model, tenant)
         seed = self._seed(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
         response_id = new_id("chatcmpl")

@@ -1,0 +1,48 @@
+"""Checks of a request's sampling parameters that need no model.
+
+Each failure is an ``InvalidRequestError`` whose ``param`` names the offending field, so the
+edge can answer a 400 that points at it. Checks that need the model (prompt length, grammar,
+adapter) live in ``Engine.validate``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmvm_ray.engine.types import GenerationRequest
+from llmvm_ray.errors import InvalidRequestError
+
+MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
+
+
+def check_params(request: GenerationRequest) -> None:
+    """Raise InvalidRequestError for a malformed prompt or sampling parameter."""
+    if not isinstance(request.prompt, str) or not request.prompt:
+        raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
+    params = request.params
+    if not isinstance(params.n, int) or params.n < 1:
+        raise InvalidRequestError(f"n must be >= 1, got {params.n}", param="n")
+    if not isinstance(params.max_tokens, int) or params.max_tokens < 1:
+        raise InvalidRequestError(
+            f"max_tokens must be >= 1, got {params.max_tokens}", param="max_tokens"
+        )
+    if not _in_range(params.temperature, 0.0, MAX_TEMPERATURE):
+        raise InvalidRequestError(
+            f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {params.temperature}",
+            param="temperature",
+        )
+    if not _in_range(params.top_p, 0.0, 1.0):
+        raise InvalidRequestError(
+            f"top_p must be between 0 and 1, got {params.top_p}", param="top_p"
+        )
+    if any(not isinstance(s, str) or not s for s in params.stop):
+        raise InvalidRequestError("stop sequences must be non-empty strings", param="stop")
+    seed = params.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidRequestError(f"seed must be an integer, got {params.seed!r}", param="seed")
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and low <= value <= high

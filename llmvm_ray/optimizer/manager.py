@@ -1,0 +1,403 @@
+"""The optimizer actor: one per cluster, shared by every ingress replica.
+
+It owns each task's state and decides, per request, who answers (teacher or promoted
+student) and whether to shadow-check. It records teacher answers (buffered, then written as
+Parquet parts), starts a fine-tune through the registry / Ray Train path when a task has
+enough new examples, gates the result on held-out teacher answers through the real serving
+path, promotes or rejects it, and rolls a task back when shadow agreement drifts.
+
+The request path never waits for any of that: routing is an in-memory lookup; recording is a
+buffer append; fine-tunes, gates and flushes run in a background loop. Model calls happen in
+the ingress, not here, so this actor never becomes the throughput bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from llmvm_ray.config import Config
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest, SamplingParams
+from llmvm_ray.errors import NotFoundError
+from llmvm_ray.optimizer import scoring
+from llmvm_ray.optimizer.state import GateResult, TaskState
+from llmvm_ray.optimizer.task import TaskSpec
+from llmvm_ray.store import datasets
+from llmvm_ray.store.fs import Storage
+
+logger = logging.getLogger(__name__)
+
+ACTOR_NAME = "llmvm-optimizer"
+STATE_FILE = "state.json"
+GATE_SEED = 0
+LOOP_INTERVAL_S = 0.25
+
+
+class OptimizerActor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.opt = config.optimizer
+        self.storage = Storage.from_uri(config.storage_path)
+        self.tasks: dict[str, TaskState] = {}
+        self.seen_prompts: dict[str, set[str]] = {}
+        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.buffered_since: dict[str, float] = {}
+        self.gating: set[str] = set()
+        self._finetunes = None
+        self._loop: asyncio.Task | None = None
+        self._rng = random.Random()
+        self._load()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _state_path(self, tenant: str, task_id: str) -> str:
+        return self.storage.path("tasks", tenant, task_id, STATE_FILE)
+
+    def _load(self) -> None:
+        root = self.storage.path("tasks")
+        if not self.storage.is_dir(root):
+            return
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(root, recursive=True)
+        for info in self.storage.filesystem.get_file_info(selector):
+            if info.base_name != STATE_FILE:
+                continue
+            state = TaskState.model_validate_json(self.storage.read_bytes(info.path))
+            self.tasks[state.task_id] = state
+            rows = self._rows(state)
+            self.seen_prompts[state.task_id] = {r["prompt"] for r in rows}
+        logger.info("optimizer: loaded %d tasks", len(self.tasks))
+
+    def _save(self, state: TaskState) -> None:
+        self.storage.write_bytes(
+            self._state_path(state.tenant, state.task_id), state.model_dump_json().encode()
+        )
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._background())
+
+    @property
+    def finetunes(self):
+        if self._finetunes is None:
+            from llmvm_ray.train.service import FinetuneService
+
+            self._finetunes = FinetuneService(self.config)
+        return self._finetunes
+
+    # -- the request path ----------------------------------------------------------------
+
+    async def route(self, spec: dict[str, Any], finetune: bool) -> dict[str, Any]:
+        """Who answers this request, and what to do with the answer."""
+        self._ensure_loop()
+        task_spec = TaskSpec.from_dict(spec)
+        task_id = task_spec.task_id
+        state = self.tasks.get(task_id)
+        if state is None:
+            state = TaskState(task_id=task_id, tenant=task_spec.tenant, spec=task_spec.to_dict())
+            state.event("created")
+            self.tasks[task_id] = state
+            self.seen_prompts[task_id] = set()
+            self._save(state)
+        student = state.route == "student" and state.adapter is not None
+        return {
+            "task_id": task_id,
+            "route": "student" if student else "teacher",
+            "adapter": {"name": state.adapter, "path": state.adapter_path} if student else None,
+            "record": (finetune or self.opt.record_all)
+            and state.examples < self.opt.max_train_examples,
+            "shadow": student and self._rng.random() < self.opt.shadow_rate,
+        }
+
+    async def record(self, task_id: str, rows: list[dict[str, Any]]) -> int:
+        """Buffer teacher answers (``prompt``, ``completion``, ...) for a task; returns how
+        many were new. Prompts already recorded are skipped, so the held-out split never
+        overlaps the training split."""
+        self._ensure_loop()
+        state = self._task(task_id)
+        seen = self.seen_prompts.setdefault(task_id, set())
+        every = max(2, round(1 / self.opt.holdout_fraction))
+        buffer = self.buffers.setdefault(task_id, [])
+        added = 0
+        for row in rows:
+            if row["prompt"] in seen or state.examples >= self.opt.max_train_examples:
+                continue
+            seen.add(row["prompt"])
+            split = "holdout" if state.examples % every == every - 1 else "train"
+            state.examples += 1
+            state.holdout += split == "holdout"
+            state.synthesized += row.get("source") == "synthesis"
+            buffer.append({**row, "split": split, "recorded_at": time.time()})
+            added += 1
+        if buffer:
+            self.buffered_since.setdefault(task_id, time.monotonic())
+        if len(buffer) >= self.opt.flush_rows:
+            await self._flush(task_id)
+        return added
+
+    async def served(
+        self, task_id: str, by: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        state = self._task(task_id)
+        if by == "student":
+            state.student_calls += 1
+            state.teacher_tokens_saved += prompt_tokens + completion_tokens
+        else:
+            state.teacher_calls += 1
+
+    async def shadow_result(self, task_id: str, agree: bool) -> None:
+        """One shadow comparison; rolls the task back to the teacher on drift."""
+        state = self._task(task_id)
+        state.shadow_calls += 1
+        if state.route != "student":
+            return
+        state.shadow.append(int(agree))
+        del state.shadow[: -self.opt.shadow_window]
+        agreement = state.agreement
+        if (
+            len(state.shadow) >= self.opt.min_shadow_samples
+            and agreement is not None
+            and agreement < self.opt.drift_threshold
+        ):
+            logger.warning("task %s: agreement %.2f, rolling back", task_id, agreement)
+            state.route = "teacher"
+            state.rollbacks += 1
+            state.shadow = []
+            # Retrain once new teacher rows arrive (growth counts from now).
+            state.trained_on = min(state.trained_on, state.examples)
+            state.event("rollback", agreement=agreement, adapter=state.adapter)
+        self._save(state)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def _task(self, task_id: str) -> TaskState:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise NotFoundError(f"task '{task_id}' does not exist", param="task_id") from None
+
+    async def list_tasks(self, tenant: str) -> list[dict[str, Any]]:
+        return [s.summary() for s in self.tasks.values() if s.tenant == tenant]
+
+    async def get_task(self, tenant: str, task_id: str) -> dict[str, Any]:
+        state = self.tasks.get(task_id)
+        if state is None or state.tenant != tenant:  # another tenant's task does not exist
+            raise NotFoundError(f"task '{task_id}' does not exist", param="task_id")
+        return {**state.summary(), "events": list(state.events)}
+
+    async def adapters(self, tenant: str) -> list[dict[str, str]]:
+        """Promoted students visible to ``tenant`` (for ``/v1/models``)."""
+        return [
+            {"task_id": s.task_id, "name": s.adapter, "path": s.adapter_path}
+            for s in self.tasks.values()
+            if s.tenant == tenant and s.route == "student" and s.adapter and s.adapter_path
+        ]
+
+    async def flush(self) -> None:
+        for task_id in list(self.buffers):
+            await self._flush(task_id)
+
+    # -- background: flushes, triggers, gates --------------------------------------------
+
+    async def _background(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception:
+                logger.exception("optimizer background step failed")
+            await asyncio.sleep(LOOP_INTERVAL_S)
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        for task_id, since in list(self.buffered_since.items()):
+            if now - since >= self.opt.flush_interval_s:
+                await self._flush(task_id)
+        for state in list(self.tasks.values()):
+            if state.active_run is not None:
+                await self._follow_run(state)
+            elif self._wants_training(state) and not self.buffers.get(state.task_id):
+                await self._start_run(state)
+
+    async def _flush(self, task_id: str) -> None:
+        rows = self.buffers.pop(task_id, [])
+        self.buffered_since.pop(task_id, None)
+        if not rows:
+            return
+        state = self._task(task_id)
+        try:
+            await asyncio.to_thread(
+                datasets.append_examples, self.storage, state.tenant, task_id, rows
+            )
+        except Exception:
+            # Keep the rows for the next attempt rather than losing them.
+            self.buffers.setdefault(task_id, [])[:0] = rows
+            self.buffered_since.setdefault(task_id, time.monotonic())
+            raise
+        self._save(state)
+
+    def _wants_training(self, state: TaskState) -> bool:
+        train_rows = state.examples - state.holdout
+        if train_rows < self.opt.min_train_examples or state.holdout < self.opt.min_holdout:
+            return False
+        if state.trained_on == 0:
+            return True
+        return state.examples >= state.trained_on * self.opt.retrain_growth
+
+    def _rows(self, state: TaskState) -> list[dict[str, Any]]:
+        path = datasets.dataset_path(state.tenant, state.task_id)
+        if not self.storage.is_dir(self.storage.path(path)):
+            return []
+        return datasets.read_examples(self.storage, path)
+
+    async def _start_run(self, state: TaskState) -> None:
+        rows = [r for r in await asyncio.to_thread(self._rows, state) if r["split"] == "train"]
+        train_uri = self.storage.uri(
+            "tasks", state.tenant, state.task_id, f"train-{len(rows)}.parquet"
+        )
+        await asyncio.to_thread(
+            datasets.write_examples,
+            self.storage,
+            train_uri,
+            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
+        )
+        state.trained_on = state.examples
+        try:
+            run = await asyncio.to_thread(
+                self.finetunes.create,
+                dataset=train_uri,
+                base_model=state.spec["student"],
+                tenant=state.tenant,
+                task_id=state.task_id,
+                context=state.spec.get("context"),
+                hyperparameters={**self.opt.train_overrides, "method": "lora"},
+                metadata={"by": "optimizer"},
+            )
+        except Exception as exc:
+            logger.exception("task %s: could not start a fine-tune", state.task_id)
+            state.event("finetune_rejected", error=str(exc))
+            self._save(state)
+            return
+        state.active_run = run.id
+        state.runs.append(run.id)
+        state.event("finetune_started", run_id=run.id, examples=len(rows))
+        self._save(state)
+
+    async def _follow_run(self, state: TaskState) -> None:
+        run_id = state.active_run
+        if run_id in self.gating:
+            return
+        run = await asyncio.to_thread(self.finetunes.get, run_id)
+        if not run.status.terminal:
+            return
+        if run.status != "SUCCEEDED" or not run.output_path:
+            state.active_run = None
+            state.event("finetune_ended", run_id=run_id, status=str(run.status), error=run.error)
+            self._save(state)
+            return
+        self.gating.add(run_id)
+        try:
+            gate = await self._gate(state, run_id, run.output_path)
+        finally:
+            self.gating.discard(run_id)
+        state.active_run = None
+        state.gates.append(gate)
+        if gate.passed:
+            state.route = "student"
+            state.adapter = _adapter_name(state.task_id, run_id)
+            state.adapter_path = run.output_path
+            state.promoted_run = run_id
+            state.shadow = []
+            state.event("promoted", run_id=run_id, score=gate.score)
+        else:
+            state.event("gate_failed", run_id=run_id, score=gate.score, error=gate.error)
+        self._save(state)
+        await asyncio.to_thread(self._annotate_run, run_id, gate)
+
+    def _annotate_run(self, run_id: str, gate: GateResult) -> None:
+        try:
+            self.finetunes.registry.annotate(run_id, {"gate": gate.model_dump()})
+        except Exception:
+            logger.exception("could not record the gate result of %s", run_id)
+
+    async def _gate(self, state: TaskState, run_id: str, adapter_path: str) -> GateResult:
+        """Score the new student on held-out teacher answers, through the serving path."""
+        spec = state.task_spec()
+        metric, threshold = self.opt.gate_metric, self.opt.gate_threshold
+        rows = [r for r in await asyncio.to_thread(self._rows, state) if r["split"] == "holdout"]
+        adapter = AdapterRef(_adapter_name(state.task_id, run_id), adapter_path)
+        params = SamplingParams(
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            stop=spec.stop,
+            seed=GATE_SEED,
+            guided=spec.guided,
+        )
+        try:
+            handle = _model_handle(self.config, spec.student)
+            results = await asyncio.gather(
+                *(
+                    handle.generate.remote(
+                        GenerationRequest(f"gate-{run_id}-{i}", r["prompt"], params, adapter)
+                    )
+                    for i, r in enumerate(rows)
+                )
+            )
+        except Exception as exc:  # e.g. the adapter does not load: never promote it
+            logger.exception("task %s: gate of %s failed", state.task_id, run_id)
+            return GateResult(
+                run_id=run_id,
+                metric=metric,
+                score=0.0,
+                threshold=threshold,
+                examples=len(rows),
+                passed=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        predictions = [r.choices[0].text for r in results]
+        value = scoring.mean_score(
+            metric, predictions, [r["completion"] for r in rows], spec.guided
+        )
+        return GateResult(
+            run_id=run_id,
+            metric=metric,
+            score=value,
+            threshold=threshold,
+            examples=len(rows),
+            passed=value >= threshold,
+        )
+
+
+def _adapter_name(task_id: str, run_id: str) -> str:
+    return f"{task_id}-{run_id[-8:]}"
+
+
+def _model_handle(config: Config, model_name: str) -> Any:
+    from ray import serve
+
+    from llmvm_ray.serve.builder import deployment_name
+
+    return serve.get_deployment_handle(
+        deployment_name(config.model(model_name)), app_name=config.serve.app_name
+    )
+
+
+def get_optimizer(config: Config) -> Any:
+    """The cluster's optimizer actor (created on first use; survives its creator)."""
+    import ray
+
+    actor = ray.remote(OptimizerActor).options(
+        name=ACTOR_NAME,
+        namespace=config.ray.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+        max_concurrency=64,
+    )
+    return actor.remote(config)

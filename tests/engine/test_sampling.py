@@ -1,0 +1,91 @@
+"""Per-row seeds and the RowSampler logits processor, without a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmvm_ray.engine.sampling import RowSampler, RowSampling, derive_seed, random_seed
+
+
+def test_derive_seed_choice_zero_is_the_request_seed() -> None:
+    assert derive_seed(1234, 0) == 1234
+
+
+def test_derive_seed_is_deterministic_and_spread() -> None:
+    seeds = [derive_seed(7, i) for i in range(50)]
+    assert seeds == [derive_seed(7, i) for i in range(50)]
+    assert len(set(seeds)) == 50
+    assert derive_seed(7, 1) != derive_seed(8, 1)
+    assert all(0 <= s < 2**64 for s in seeds + [derive_seed(-5, 3), derive_seed(2**70, 2)])
+
+
+def test_random_seed_is_json_friendly() -> None:
+    assert all(0 <= random_seed() < 2**31 for _ in range(100))
+
+
+def _pick(rows: list[RowSampling], scores: torch.Tensor, steps: int = 1) -> list[list[int]]:
+    sampler = RowSampler(rows, is_finished=lambda row: False)
+    picks: list[list[int]] = []
+    for _ in range(steps):
+        out = sampler(torch.zeros((len(rows), 1), dtype=torch.long), scores.clone())
+        assert torch.isfinite(out).sum(dim=-1).tolist() == [1] * len(rows)  # one token left
+        picks.append(out.argmax(dim=-1).tolist())
+    return picks
+
+
+def test_greedy_row_takes_the_argmax() -> None:
+    scores = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
+    assert _pick([RowSampling(temperature=0.0, top_p=1.0, seed=1)], scores) == [[1]]
+
+
+def test_rows_draw_from_their_own_generators() -> None:
+    scores = torch.zeros((1, 1000))
+    row = RowSampling(temperature=1.0, top_p=1.0, seed=42)
+    alone = _pick([row], scores, steps=5)
+    other = RowSampling(temperature=1.0, top_p=1.0, seed=7)
+    batched = _pick([other, row], torch.zeros((2, 1000)), steps=5)
+    assert [step[0] for step in alone] == [step[1] for step in batched]
+    assert [step[0] for step in batched] != [step[1] for step in batched]
+
+
+def test_top_p_keeps_only_the_nucleus() -> None:
+    # probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.5 leaves only the first token
+    scores = torch.log(torch.tensor([[0.64, 0.24, 0.09, 0.03]]))
+    picks = _pick([RowSampling(temperature=1.0, top_p=0.5, seed=s) for s in range(1)], scores)
+    assert picks == [[0]]
+    many = {_pick([RowSampling(1.0, 0.5, seed)], scores)[0][0] for seed in range(30)}
+    assert many == {0}
+    zero = {_pick([RowSampling(1.0, 0.0, seed)], scores)[0][0] for seed in range(10)}
+    assert zero == {0}
+
+
+def test_masked_tokens_are_never_drawn() -> None:
+    scores = torch.full((1, 100), float("-inf"))
+    scores[0, [3, 97]] = 0.0
+    drawn = {_pick([RowSampling(1.5, 1.0, seed)], scores)[0][0] for seed in range(40)}
+    assert drawn == {3, 97}
+
+
+def test_finished_rows_are_left_alone() -> None:
+    sampler = RowSampler([RowSampling(1.0, 1.0, 1)], is_finished=lambda row: True)
+    scores = torch.randn((1, 10))
+    assert torch.equal(sampler(torch.zeros((1, 1), dtype=torch.long), scores.clone()), scores)
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.002])  # narrow nucleus (top-k path), wide (bisection)
+def test_top_p_draws_stay_in_the_sorted_nucleus(spread: float) -> None:
+    vocab, top_p = 1000, 0.6
+    scores = (torch.arange(vocab, dtype=torch.float) * spread)[torch.randperm(vocab)].unsqueeze(0)
+    probs = torch.softmax(scores[0], dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    size = int((torch.cumsum(sorted_probs, dim=-1) < top_p).sum()) + 1
+    nucleus = set(order[:size].tolist())
+    assert (size < 256) == (spread == 0.05)
+    drawn = {_pick([RowSampling(1.0, top_p, seed)], scores)[0][0] for seed in range(60)}
+    assert drawn <= nucleus
+    assert len(drawn) > 10
+    rows = [RowSampling(1.0, top_p, 5), RowSampling(1.0, 1.0, 6), RowSampling(1.0, top_p, 7)]
+    batched = _pick(rows, scores.repeat(3, 1), steps=3)
+    alone = _pick([RowSampling(1.0, top_p, 7)], scores, steps=3)
+    assert [step[2] for step in batched] == [step[0] for step in alone]

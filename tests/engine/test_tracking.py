@@ -1,0 +1,98 @@
+"""RowTracker: stop strings, hold-back and multi-byte characters, with a byte tokenizer."""
+
+from __future__ import annotations
+
+from llmvm_ray.engine.planning import RowPlan
+from llmvm_ray.engine.sampling import RowSampling
+from llmvm_ray.engine.tracking import RowTracker
+
+EOS = 256
+
+
+class ByteTokenizer:
+    """Token i < 256 is byte i; decoding replaces incomplete UTF-8 like byte-level BPE."""
+
+    def decode(self, ids: list[int], **_: object) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def plan(stop: tuple[str, ...] = (), max_tokens: int = 100, request_id: str = "r") -> RowPlan:
+    return RowPlan(
+        request_index=0,
+        request_id=request_id,
+        choice_index=0,
+        prompt_ids=(1,),
+        max_tokens=max_tokens,
+        stop=stop,
+        sampling=RowSampling(0.0, 1.0, 0),
+        grammar=None,
+        adapter=None,
+    )
+
+
+def feed(tracker: RowTracker, data: bytes | list[int]) -> list[str]:
+    """Step one token at a time; return the streamed deltas (text) as they come."""
+    out = []
+    for token in data:
+        tracker.step([token])
+        out.extend(d.text for d in tracker.take_deltas())
+    return out
+
+
+def test_stop_string_is_trimmed_and_never_streamed() -> None:
+    tracker = RowTracker([plan(stop=("END",))], ByteTokenizer(), [EOS])
+    deltas = feed(tracker, b"abcENDxyz")
+    assert tracker.text(0) == "abc"
+    assert tracker.finish_reason(0) == "stop"
+    assert "".join(deltas) == "abc"
+    assert tracker.completion_tokens(0) == 6  # a b c E N D; nothing after the stop
+
+
+def test_partial_stop_is_held_back_then_released() -> None:
+    tracker = RowTracker([plan(stop=("END",))], ByteTokenizer(), [EOS])
+    assert feed(tracker, b"abE") == ["a", "b"]  # "E" may start "END"
+    assert feed(tracker, b"Nx") == ["ENx"]  # "ENx" cannot: released at once
+    tracker.finish_all("length")
+    assert [d.finish_reason for d in tracker.take_deltas()] == ["length"]
+    assert tracker.text(0) == "abENx"
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    tracker = RowTracker([plan(stop=("zz", "b"))], ByteTokenizer(), [EOS])
+    feed(tracker, b"abzz")
+    assert tracker.text(0) == "a"
+
+
+def test_multibyte_character_is_never_split() -> None:
+    tracker = RowTracker([plan()], ByteTokenizer(), [EOS])
+    deltas = feed(tracker, "añ€😀!".encode())
+    assert "\ufffd" not in "".join(deltas)
+    assert deltas == ["a", "ñ", "€", "😀", "!"]
+
+
+def test_eos_and_max_tokens_finish_rows() -> None:
+    rows = [plan(request_id="a"), plan(max_tokens=2, request_id="b")]
+    tracker = RowTracker(rows, ByteTokenizer(), [EOS])
+    tracker.step([ord("x"), ord("y")])
+    tracker.step([EOS, ord("z")])
+    assert tracker.finished_mask() == [True, True]
+    assert (tracker.text(0), tracker.finish_reason(0), tracker.completion_tokens(0)) == (
+        "x",
+        "stop",
+        2,
+    )
+    assert (tracker.text(1), tracker.finish_reason(1), tracker.completion_tokens(1)) == (
+        "yz",
+        "length",
+        2,
+    )
+    tracker.step([ord("q"), ord("q")])  # finished rows ignore what the padded batch adds
+    assert (tracker.text(0), tracker.text(1)) == ("x", "yz")
+
+
+def test_abort_finishes_the_request_with_stop() -> None:
+    tracker = RowTracker([plan(request_id="gone"), plan(request_id="kept")], ByteTokenizer(), [])
+    tracker.step([ord("a"), ord("b")], aborted={"gone"})
+    assert tracker.finished_mask() == [True, False]
+    assert tracker.finish_reason(0) == "stop"
+    assert tracker.live_request_ids() == {"kept"}
