@@ -97,12 +97,18 @@ def main() -> None:
     items = work(args.requests, args.max_tokens)
     model_dir = Path(tempfile.mkdtemp(prefix="llmvm-bench-")) / "model"
     build_tiny_model(model_dir, hidden_size=args.hidden, num_layers=args.layers)
-    print(f"model: llama {args.layers} layers x {args.hidden}; {args.requests} requests x "
-          f"{args.max_tokens} tokens per level")
+    print(
+        f"model: llama {args.layers} layers x {args.hidden}; {args.requests} requests x "
+        f"{args.max_tokens} tokens per level"
+    )
 
     results: dict[tuple[str, int], tuple[float, int]] = {}
 
-    # In-process engine behind the same batcher (the Serve replica's hot path without Serve).
+    # In-process engine behind the same batcher (the Serve replica's hot path without Serve),
+    # with the thread count a 1-CPU replica uses.
+    import torch
+
+    torch.set_num_threads(1)
     engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir)))
 
     async def engine_levels() -> None:
@@ -130,9 +136,7 @@ def main() -> None:
                 await run_http(runner.url, model, items[:4], 4)  # warm-up
             for c in levels:
                 results[("serve", c)] = await run_http(runner.url, "batched", items, c)
-                results[("serve-unbatched", c)] = await run_http(
-                    runner.url, "unbatched", items, c
-                )
+                results[("serve-unbatched", c)] = await run_http(runner.url, "unbatched", items, c)
 
         asyncio.run(http_levels())
 
