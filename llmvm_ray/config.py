@@ -330,6 +330,9 @@ class RegistryConfig(Section):
     attach_timeout_s: float = Field(
         60.0, gt=0, description="A QUEUED run with no supervisor after this is marked FAILED."
     )
+    orphan_cleanup_delay_s: float = Field(
+        10.0, ge=0, description="Delay before a lost run's placement group is removed."
+    )
 
 
 class Config(BaseSettings):

@@ -81,14 +81,22 @@ def adapters(tiny_llama, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def service(ray_session, tiny_llama, adapters):
-    """The running service: yields (base_url, config)."""
+def serve_port(ray_session):
+    """Serve runs one HTTP proxy per cluster: every app of the session shares its port."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
+    """The running service (plain serving, no optimizer): yields (base_url, config)."""
     from llmvm_ray.config import load_config
     from llmvm_ray.serve.deploy import ServiceRunner
 
     config = load_config(
         overrides={
-            "serve": {"port": free_port(), "api_keys": [API_KEY], "app_name": "test-serve"},
+            "storage_path": str(tmp_path_factory.mktemp("serve-storage")),
+            "optimizer": {"enabled": False},
+            "serve": {"port": serve_port, "api_keys": [API_KEY], "app_name": "test-serve"},
             "models": [
                 {
                     "name": "tiny",

@@ -30,7 +30,7 @@ from llmvm_ray.store.fs import Storage
 
 logger = logging.getLogger(__name__)
 
-ACTOR_NAME = "llmvm-optimizer"
+ACTOR_PREFIX = "llmvm-optimizer"
 STATE_FILE = "state.json"
 GATE_SEED = 0
 LOOP_INTERVAL_S = 0.25
@@ -386,12 +386,21 @@ def _model_handle(config: Config, model_name: str) -> Any:
     )
 
 
+def actor_name(config: Config) -> str:
+    """One optimizer per Serve application: its tasks, routes and storage belong to it."""
+    return f"{ACTOR_PREFIX}-{config.serve.app_name}"
+
+
 def get_optimizer(config: Config) -> Any:
-    """The cluster's optimizer actor (created on first use; survives its creator)."""
+    """The application's optimizer actor (created on first use; survives its creator).
+
+    An existing actor keeps the config it was created with; ``llmvm serve`` of a changed
+    config under the same app name should restart it (``ray.kill`` by name) to apply it.
+    """
     import ray
 
     actor = ray.remote(OptimizerActor).options(
-        name=ACTOR_NAME,
+        name=actor_name(config),
         namespace=config.ray.namespace,
         lifetime="detached",
         get_if_exists=True,

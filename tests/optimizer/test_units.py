@@ -11,7 +11,10 @@ from llmvm_ray.optimizer.task import TaskSpec, tenant_of
 
 def spec(**changes):
     base = dict(
-        tenant="t1", context="Format the date.\n", teacher="teacher", student="student",
+        tenant="t1",
+        context="Format the date.\n",
+        teacher="teacher",
+        student="student",
         max_tokens=16,
     )
     return TaskSpec(**{**base, **changes})

@@ -16,7 +16,7 @@ PROMPT = "March 5, 2021 ->"
 
 def test_models_list_bases_and_adapters(client):
     ids = {m.id for m in client.models.list().data}
-    assert ids == {"llmvm", "tiny", "tiny:a1", "tiny:a2"}
+    assert ids == {"tiny", "tiny:a1", "tiny:a2"}
 
 
 def test_completion_shape_usage_and_metadata(client):
