@@ -19,6 +19,7 @@ from rich.console import Console
 
 from llmvm_ray.config import Config, load_config, render_reference
 from llmvm_ray.errors import ConfigError
+from llmvm_ray.train.cli import finetune_app
 
 app = typer.Typer(
     help="llmvm-ray: an LLM virtual machine on Ray.",
@@ -29,6 +30,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 dev_app = typer.Typer(help="Developer tools (tiny offline models).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
+app.add_typer(finetune_app, name="finetune")
 
 ConfigOption = Annotated[
     Path | None,

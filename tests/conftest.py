@@ -96,6 +96,7 @@ def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
         overrides={
             "storage_path": str(tmp_path_factory.mktemp("serve-storage")),
             "optimizer": {"enabled": False},
+            "registry": {"actor_name": "test-serve-registry"},
             "serve": {"port": serve_port, "api_keys": [API_KEY], "app_name": "test-serve"},
             "models": [
                 {

@@ -188,6 +188,26 @@ def create_app(service: OpenAIService) -> FastAPI:
     async def task(task_id: str, tenant: Tenant) -> Response:
         return JSONResponse(await service.task(tenant, task_id))
 
+    @app.post("/v1/fine_tuning/jobs")
+    async def create_fine_tune(body: dict[str, Any], tenant: Tenant) -> Response:
+        return await answer(
+            service.finetune_call("create_job", body, tenant, service.config.train.lr)
+        )
+
+    @app.get("/v1/fine_tuning/jobs")
+    async def list_fine_tunes(
+        tenant: Tenant, after: str | None = None, limit: int = 20
+    ) -> Response:
+        return await answer(service.finetune_call("list_jobs", tenant, after, limit))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    async def get_fine_tune(job_id: str, tenant: Tenant) -> Response:
+        return await answer(service.finetune_call("retrieve_job", job_id, tenant))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    async def cancel_fine_tune(job_id: str, tenant: Tenant) -> Response:
+        return await answer(service.finetune_call("cancel_job", job_id, tenant))
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -75,6 +75,7 @@ class OpenAIService:
         )
         self.metrics = ServeMetrics()
         self.created = now()
+        self._finetune_service: Any = None
 
     # -- models -------------------------------------------------------------------------
 
@@ -202,6 +203,23 @@ class OpenAIService:
             ],
             usage=usage,
             llmvm=result.meta,
+        )
+
+    # -- fine-tunes (OpenAI fine_tuning.jobs) -------------------------------------------
+
+    def _finetunes(self) -> Any:
+        if self._finetune_service is None:
+            from llmvm_ray.train.service import FinetuneService
+
+            self._finetune_service = FinetuneService(self.config)
+        return self._finetune_service
+
+    async def finetune_call(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One ``llmvm_ray.train.openai_api`` call (they block on Ray: run in a thread)."""
+        from llmvm_ray.train import openai_api
+
+        return await asyncio.to_thread(
+            getattr(openai_api, name), self._finetunes(), *args, **kwargs
         )
 
     async def tasks(self, tenant: str) -> dict[str, Any]:
