@@ -1,0 +1,1 @@
+"""Everything persisted, under ``storage_path``: the filesystem helper and example datasets."""

@@ -1,0 +1,1 @@
+"""Fine-tunes on Ray Train: the training loop, its supervisor, the service and CLI."""

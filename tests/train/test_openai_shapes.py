@@ -1,0 +1,112 @@
+"""OpenAI fine_tuning.jobs shapes: what the official client parses, and the create mapping."""
+
+from __future__ import annotations
+
+import pytest
+from openai.types.fine_tuning import FineTuningJob
+
+from llmvm_ray.errors import InvalidRequestError, NotFoundError
+from llmvm_ray.registry.records import RunStatus
+from llmvm_ray.train import openai_api
+from tests.registry.test_registry import make_run
+
+
+@pytest.mark.parametrize("status", list(RunStatus))
+def test_every_status_parses_as_an_openai_job(status):
+    run = make_run(metadata={"team": "x"}).model_copy(
+        update={
+            "status": status,
+            "params": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
+            "finished_at": 2e9 if status.terminal else None,
+            "output_path": "/a" if status == RunStatus.SUCCEEDED else None,
+            "error": "boom" if status == RunStatus.FAILED else None,
+        }
+    )
+    job = FineTuningJob.model_validate(openai_api.job_object(run))
+    assert job.id == run.id and job.status == status.value.lower()
+    assert job.hyperparameters.n_epochs == 2
+    assert (job.fine_tuned_model is not None) == (status == RunStatus.SUCCEEDED)
+    assert (job.error is not None) == (status == RunStatus.FAILED)
+
+
+def test_create_body_maps_to_service_arguments():
+    kwargs = openai_api.create_kwargs(
+        {
+            "model": "tiny",
+            "training_file": "datasets/default/date",
+            "hyperparameters": {"n_epochs": 3, "batch_size": "auto"},
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"learning_rate_multiplier": 2}},
+            },
+            "seed": 7,
+            "suffix": "v1",
+            "llmvm": {"task_id": "date", "hyperparameters": {"num_workers": 2}},
+        },
+        default_lr=1e-3,
+        tenant="acme",
+    )
+    assert kwargs["dataset"] == "datasets/default/date" and kwargs["base_model"] == "tiny"
+    assert kwargs["tenant"] == "acme" and kwargs["task_id"] == "date"
+    assert kwargs["hyperparameters"] == {"epochs": 3, "lr": 2e-3, "seed": 7, "num_workers": 2}
+    assert kwargs["metadata"] == {"suffix": "v1"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"training_file": "d"}, "model"),
+        ({"model": "m"}, "training_file"),
+        ({"model": "m", "training_file": "d", "validation_file": "v"}, "validation_file"),
+        ({"model": "m", "training_file": "d", "method": {"type": "dpo"}}, "method"),
+        (
+            {
+                "model": "m",
+                "training_file": "d",
+                "hyperparameters": {"learning_rate_multiplier": 0},
+            },
+            "hyperparameters.learning_rate_multiplier",
+        ),
+    ],
+)
+def test_bad_create_bodies(body, param):
+    with pytest.raises(InvalidRequestError) as info:
+        openai_api.create_kwargs(body, default_lr=1e-3, tenant="t")
+    assert info.value.param == param
+
+
+class _FakeService:
+    """Just enough of FinetuneService for the route helpers."""
+
+    def __init__(self, run):
+        self.run = run
+        self.cancelled = []
+
+    def get(self, job_id):
+        if job_id != self.run.id:
+            raise NotFoundError(f"no fine-tune {job_id!r}")
+        return self.run
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+        return self.run
+
+    def list(self, tenant=None, after=None, limit=None):
+        return [self.run][:limit]
+
+
+def test_route_helpers_scope_jobs_to_their_tenant():
+    run = make_run(tenant="acme")
+    service = _FakeService(run)
+    assert openai_api.retrieve_job(service, run.id, "acme")["id"] == run.id
+    with pytest.raises(NotFoundError):
+        openai_api.retrieve_job(service, run.id, "someone-else")
+    with pytest.raises(NotFoundError):
+        openai_api.cancel_job(service, run.id, "someone-else")
+    assert service.cancelled == []
+    openai_api.cancel_job(service, run.id, "acme")
+    assert service.cancelled == [run.id]
+    page = openai_api.list_jobs(service, "acme", limit=1)
+    assert page["object"] == "list" and page["has_more"] is False
+    with pytest.raises(InvalidRequestError):
+        openai_api.list_jobs(service, "acme", limit=0)
