@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--batch-wait", type=float, default=0.01, help="batch_wait_timeout_s")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -112,7 +113,7 @@ def main() -> None:
     engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir)))
 
     async def engine_levels() -> None:
-        batcher = Batcher(engine.generate, max_batch_size=16, wait_s=0.01)
+        batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
         await run_engine(batcher, items[:4], 4)  # warm-up
         for c in levels:
             results[("engine", c)] = await run_engine(batcher, items, c)
@@ -124,7 +125,12 @@ def main() -> None:
             "serve": {"port": 3117, "app_name": "bench"},
             "ray": {"num_cpus": 4},
             "models": [
-                {"name": "batched", "model_uri": str(model_dir), "max_batch_size": 16},
+                {
+                    "name": "batched",
+                    "model_uri": str(model_dir),
+                    "max_batch_size": 16,
+                    "batch_wait_timeout_s": args.batch_wait,
+                },
                 {"name": "unbatched", "model_uri": str(model_dir), "max_batch_size": 1},
             ],
         }

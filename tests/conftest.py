@@ -82,8 +82,13 @@ def adapters(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def serve_port(ray_session):
-    """Serve runs one HTTP proxy per cluster: every app of the session shares its port."""
-    return free_port()
+    """Serve runs one HTTP proxy per cluster: start it here so every app of the session,
+    whichever deploys first, shares this port."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
 
 
 @pytest.fixture(scope="session")

@@ -167,5 +167,5 @@ def _read_table(storage: Storage, uri: str) -> pa.Table:
             raise InvalidRequestError(
                 f"dataset {uri}: {file} lacks column(s) {missing}", param="dataset"
             )
-    tables = [t.select(list(REQUIRED_COLUMNS)) for t in tables]
+    # Extra columns (split, source, ...) are kept; parts without one read it as null.
     return pa.concat_tables(tables, promote_options="permissive")

@@ -118,19 +118,19 @@ TASKS: Mapping[str, Task] = MappingProxyType(
                 name="date",
                 instruction="Convert the date to ISO format (YYYY-MM-DD).",
                 sampler=_sample_date,
-                teacher_steps=300,
+                teacher_steps=200,
             ),
             Task(
                 name="reverse",
                 instruction="Reverse the letters of the word.",
                 sampler=_sample_reverse,
-                teacher_steps=300,
+                teacher_steps=250,
             ),
             Task(
                 name="sort",
                 instruction="Sort the digits in ascending order.",
                 sampler=_sample_sort,
-                teacher_steps=300,
+                teacher_steps=400,
             ),
         )
     }

@@ -43,10 +43,14 @@ CHAT_TEMPLATE = (
 )
 
 TEACHER_HIDDEN_SIZE = 128
-"""Hidden size ``make_teacher`` uses: on 2 CPU cores 128 learned the tasks faster than 64
-(too small) or 256 (too slow per step)."""
+"""Hidden size ``make_teacher`` uses. Measured on 2 CPU cores: at 64 the date task was at
+1-11 % after 100-150 steps where 128 was at 100 %; 4 x 256 is slower to the same accuracy
+(shared/ENVIRONMENT.md). Untrained models default to 64: faster, and accuracy is moot."""
 
-# Fixed extra text for the tokenizer corpus so merges also exist for chat scaffolding.
+# Fixed extra text for the tokenizer corpus. Its words are known words, but BPE merges need
+# a pair seen twice, so only those that recur in the corpus become whole tokens. Changing
+# this text changes the tokenizer, and every accuracy measured with it (teacher steps,
+# testing.student's recipe) would have to be measured again.
 _EXTRA_CORPUS = (
     "You are a helpful assistant.",
     "Hello! How can I help you today?",
@@ -71,8 +75,9 @@ def build_tiny_model(
 
     The folder reloads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` like any hub model.
     The tokenizer is byte-level BPE (every string encodes, so guided output and chat work),
-    prepends BOS like Llama's, has EOS and PAD and a Jinja chat template. The same arguments
-    give byte-identical files.
+    prepends BOS like Llama's, has EOS and PAD and a Jinja chat template. ``vocab_size`` is
+    an upper bound: merges only form inside known words (see ``_build_tokenizer``), so the
+    default corpus gives 393 tokens. The same arguments give byte-identical files.
     """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -110,6 +115,11 @@ def build_tiny_model(
             n_layer=num_layers,
             n_head=num_heads,
             n_positions=max_position_embeddings,
+            # No dropout, like the Llama config: a tiny model trained for a few hundred
+            # steps on endless fresh data underfits, it never overfits.
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             tie_word_embeddings=True,
             **ids,
         )

@@ -1,0 +1,432 @@
+"""A tiny *pretrained* student base, and the LoRA recipe that distils a task into it.
+
+Why: a LoRA adapter on a randomly initialised tiny model cannot learn ``date`` (it reaches a
+few percent); real students are small pretrained LMs that already "know" dates and how to
+copy text, and the adapter only has to pick the task. ``make_student_base`` builds such a
+model offline in about half a minute: the tiny Llama of ``tiny.build_tiny_model`` (same
+tokenizer family as the teacher) pretrained with plain LM loss on generated text.
+
+What the pretraining text contains (``pretraining_document``) and what it does NOT:
+
+- written dates ("on March 5, 2021 we met.") and ISO dates ("log 2021-03-05"), never both
+  in one document, so no date ever appears in both formats;
+- world knowledge about months ("June has 30 days and is month 06.", "03 March 04 April");
+- generic copying and field reformatting of *numbers* in the ``Input:/Output:`` frame
+  ("Input: 7/12/1999\\nOutput: 1999-07-12" style shuffles of digit groups, plain copies of
+  ISO dates and digit strings), and written dates repeated verbatim;
+- the other tasks' data (``reverse``, ``sort``), with and without their instruction.
+
+A written date is never the input of an ``Input:/Output:`` pair and never sits next to an
+ISO date: the base has seen every ingredient but not the ``date`` task's mapping, and
+``tests/testing/test_student.py`` checks that it scores ~0 on the task before LoRA.
+
+``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` from
+teacher examples into that base; ``distill_check`` runs the same kind of fine-tune in process
+(same tokenization, loss, optimizer and schedule as ``llmvm_ray.train``) and measures it.
+``python -m llmvm_ray.testing.student`` reproduces the accuracy table.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import random
+import string
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmvm_ray.testing.tasks import Task, get_task
+
+STUDENT_HIDDEN_SIZE = 128
+"""Hidden size of the student base (same as the teacher's: 64 learned far less in the same
+pretraining time, see the module's measurements)."""
+STUDENT_NUM_LAYERS = 2
+STUDENT_PRETRAIN_STEPS = 300
+"""Pretraining steps ``make_student_base`` takes by default (batch 32, ~20-30 s of one CPU
+thread)."""
+STUDENT_PRETRAIN_BATCH_SIZE = 32
+STUDENT_PRETRAIN_LR = 3e-3
+
+LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+STUDENT_LORA_RECIPE: dict[str, Any] = {
+    "method": "lora",
+    "lora_r": 16,
+    "lora_alpha": 32.0,
+    "lora_dropout": 0.1,
+    "lora_target_modules": LORA_ALL_LINEAR,
+    "lr": 5e-3,
+    "warmup_steps": 10,
+    "max_steps": 400,
+    "batch_size": 16,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+}
+"""``TrainConfig`` overrides that distil ``date`` into a ``make_student_base`` model.
+
+Measured (held-out exact match, greedy, prompts without the instruction): see the module's
+``__main__`` (``python -m llmvm_ray.testing.student``) and the numbers in the docstring of
+``distill_check``. LoRA on every linear layer (attention and MLP), rank 16 of 128, dropout
+0.1 (without it the adapter memorises small sets: 100 % on its 32 training rows, <20 %
+held out), a high constant learning rate after a short warm-up (``llmvm_ray.train`` has no
+decay), a fixed step budget so the cost does not grow with the number of examples.
+"""
+
+_MONTHS = list(calendar.month_name)[1:]
+_WRITTEN_TEMPLATES = (
+    "the date is {a}.",
+    "on {a} we met.",
+    "born {a}",
+    "from {a} to {b}.",
+    "due {a}; paid {b}.",
+    "{a}",
+    "dates: {a}, {b}, {c}",
+)
+_ISO_TEMPLATES = (
+    "the date is {a}.",
+    "log {a}",
+    "{a} ok",
+    "from {a} to {b}.",
+    "{a}",
+    "dates: {a} {b} {c}",
+    "id {a}/{b}",
+)
+# Relative weights of the kinds of pretraining document (see ``pretraining_document``).
+_DOC_WEIGHTS: Mapping[str, int] = {
+    "written": 1,
+    "iso": 1,
+    "numbers": 1,
+    "months": 4,
+    "copy": 1,
+    "reformat": 2,
+    "task": 2,
+}
+
+
+def _random_date(rng: random.Random) -> tuple[int, int, int]:
+    year = rng.randint(1950, 2049)
+    month = rng.randint(1, 12)
+    return year, month, rng.randint(1, calendar.monthrange(year, month)[1])
+
+
+def _written(date: tuple[int, int, int]) -> str:
+    year, month, day = date
+    return f"{calendar.month_name[month]} {day}, {year}"
+
+
+def _iso(date: tuple[int, int, int]) -> str:
+    year, month, day = date
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def _month_fact(rng: random.Random) -> str:
+    if rng.random() < 0.3:
+        start = rng.randint(1, 12)
+        months = range(start, min(13, start + 4))
+        return " ".join(f"{m:02d} {calendar.month_name[m]}" for m in months)
+    facts = []
+    for _ in range(rng.randint(1, 2)):
+        month = rng.randint(1, 12)
+        name = calendar.month_name[month]
+        days = calendar.monthrange(2001, month)[1]
+        facts.append(
+            rng.choice(
+                (
+                    f"{name} is month {month:02d}.",
+                    f"month {month:02d} is {name}.",
+                    f"{name} ({month:02d})",
+                    f"{name} has {days} days and is month {month:02d}.",
+                    f"in {rng.randint(1950, 2049)}, {name} was month {month:02d} as always.",
+                    f"{name}: {days} days, month {month:02d}",
+                    f"the {month:02d} month is {name}, with {days} days.",
+                )
+            )
+        )
+    return " ".join(facts)
+
+
+def _reformat(rng: random.Random) -> str:
+    """Digit groups shuffled into another order and separator, zero-padded to two digits."""
+    k = rng.randint(2, 3)
+    fields = [str(rng.randint(0, 10 ** rng.randint(1, 4) - 1)) for _ in range(k)]
+    sep_in = rng.choice((", ", " ", "/", "-", " and ", "; "))
+    sep_out = rng.choice(("-", "/", " ", "."))
+    order = list(range(k))
+    rng.shuffle(order)
+    out = sep_out.join(fields[i].zfill(2) for i in order)
+    return f"Input: {sep_in.join(fields)}\nOutput: {out}"
+
+
+def pretraining_document(rng: random.Random) -> str:
+    """One short generated document of the student's pretraining text (see module doc)."""
+    kind = rng.choices(list(_DOC_WEIGHTS), weights=list(_DOC_WEIGHTS.values()))[0]
+    if kind == "written":
+        template = rng.choice(_WRITTEN_TEMPLATES)
+        return template.format(**{k: _written(_random_date(rng)) for k in "abc"})
+    if kind == "iso":
+        template = rng.choice(_ISO_TEMPLATES)
+        return template.format(**{k: _iso(_random_date(rng)) for k in "abc"})
+    if kind == "numbers":
+        if rng.random() < 0.5:
+            return " ".join(f"{rng.randint(0, 99):02d}" for _ in range(rng.randint(2, 5)))
+        days = rng.randint(28, 31)
+        return f"{rng.choice(_MONTHS)} has {days} days; year {rng.randint(1950, 2049)}"
+    if kind == "months":
+        return _month_fact(rng)
+    if kind == "copy":
+        r = rng.random()
+        if r < 1 / 3:
+            written = _written(_random_date(rng))
+            return f"{written}, again {written}"
+        if r < 2 / 3:
+            value = _iso(_random_date(rng))
+        else:
+            value = "".join(rng.choice(string.digits) for _ in range(rng.randint(2, 6)))
+        return f"Input: {value}\nOutput: {value}"
+    if kind == "reformat":
+        return _reformat(rng)
+    task = get_task(rng.choice(("reverse", "sort")))
+    x, y = task.sample(rng)
+    return task.format_prompt(x, instruction=rng.random() < 0.3) + task.format_completion(y)
+
+
+def pretraining_corpus(n: int, seed: int = 0) -> list[str]:
+    """``n`` pretraining documents, deterministic given ``seed`` (for inspection and tests)."""
+    rng = random.Random(seed)
+    return [pretraining_document(rng) for _ in range(n)]
+
+
+def make_student_base(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    steps: int = STUDENT_PRETRAIN_STEPS,
+    progress: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Build and pretrain a tiny student base in ``out_dir``; return the folder.
+
+    ``tiny.build_tiny_model`` makes the folder (2-layer Llama, hidden 128, the teacher's
+    tokenizer family), then ``steps`` AdamW steps of plain next-token loss on
+    ``pretraining_document`` text (batch 32, each document BOS + text + EOS, linear warm-up
+    then cosine decay) turn it into a small "pretrained" LM. The folder reloads with the Auto
+    classes like any hub model. ``progress(step, loss)`` is called after every step.
+    Seeding does not disturb the caller's global torch RNG.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmvm_ray.testing.tiny import build_tiny_model
+
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    out = build_tiny_model(
+        out_dir,
+        "llama",
+        hidden_size=STUDENT_HIDDEN_SIZE,
+        num_layers=STUDENT_NUM_LAYERS,
+        seed=seed,
+    )
+    if steps == 0:
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    rng = random.Random(seed + 1)
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=STUDENT_PRETRAIN_LR, weight_decay=0.01)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        for step in range(steps):
+            docs = [pretraining_document(rng) for _ in range(STUDENT_PRETRAIN_BATCH_SIZE)]
+            rows = [ids + [eos] for ids in tokenizer(docs)["input_ids"]]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, : len(row)] = torch.tensor(row)
+                mask[i, : len(row)] = 1
+                labels[i, : len(row)] = torch.tensor(row)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if progress is not None:
+                progress(step + 1, float(loss.item()))
+    model.eval()
+    model.save_pretrained(out)
+    return out
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    accuracy: float  # held-out exact match after training
+    train_seconds: float  # wall time of the optimizer steps (no loading, no eval)
+    train_cpu_seconds: float  # CPU time of the same (robust to a busy machine)
+    steps: int
+    examples: int
+    final_loss: float
+
+
+def distill_check(
+    base_dir: str | Path,
+    task: Task | str = "date",
+    *,
+    n: int = 64,
+    data_seed: int = 0,
+    seed: int = 0,
+    recipe: Mapping[str, Any] | None = None,
+    eval_n: int = 200,
+    adapter_dir: str | Path | None = None,
+    **overrides: Any,
+) -> DistillResult:
+    """LoRA-distil ``n`` teacher examples of ``task`` into ``base_dir``; measure held-out EM.
+
+    The examples are ``tasks.make_examples(task, n, data_seed, instruction=False)``: student
+    prompts and the true targets (what a >= 99 % teacher answers). Training mimics a
+    ``llmvm_ray.train`` LoRA run with one worker: ``TrainConfig`` built from ``recipe``
+    (default ``STUDENT_LORA_RECIPE``) plus ``overrides``; the same ``encode``/``collate``
+    (prompt tokenized as the engine does, completion + EOS, loss on completion tokens
+    only), AdamW, linear warm-up then constant learning rate, gradient clipping, reshuffled
+    epochs until ``max_steps`` (or ``epochs`` passes). All ``n`` rows train (the real loop
+    holds ``eval_fraction`` of them out); evaluation is greedy on ``eval_n`` held-out inputs
+    never seen in training. ``adapter_dir`` saves the adapter PEFT-style.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmvm_ray.config import TrainConfig
+    from llmvm_ray.testing.tasks import make_examples
+    from llmvm_ray.testing.tiny import evaluate
+    from llmvm_ray.train.data import collate, encode, steps_per_epoch
+
+    task = get_task(task) if isinstance(task, str) else task
+    params = TrainConfig.model_validate(
+        {**(STUDENT_LORA_RECIPE if recipe is None else recipe), **overrides, "seed": seed}
+    )
+    if params.method != "lora":
+        raise ValueError("distill_check trains LoRA adapters only")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    rows = make_examples(task, n, data_seed, instruction=False)
+    train_set = [encode(tokenizer, row, params.max_seq_len) for row in rows]
+    per_epoch = steps_per_epoch(len(train_set), 1, params.batch_size)
+    total = params.max_steps or params.epochs * per_epoch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=params.lora_r,
+                lora_alpha=params.lora_alpha,
+                lora_dropout=params.lora_dropout,
+                target_modules=params.lora_target_modules,
+            ),
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+        warmup = params.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        order = torch.Generator().manual_seed(seed)
+        step, loss_value = 0, float("nan")
+        started, cpu_started = time.perf_counter(), time.process_time()
+        model.train()
+        while step < total:
+            perm = torch.randperm(len(train_set), generator=order).tolist()
+            for start in range(0, len(perm), params.batch_size):
+                batch = collate(
+                    [train_set[i] for i in perm[start : start + params.batch_size]],
+                    pad_id=tokenizer.pad_token_id,
+                )
+                loss = model(**batch).loss
+                loss.backward()
+                if params.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = float(loss.detach())
+                step += 1
+                if step >= total:
+                    break
+        train_seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
+    model.eval()
+    if adapter_dir is not None:
+        model.save_pretrained(adapter_dir)
+    accuracy = evaluate(model, task, n=eval_n, instruction=False, tokenizer=tokenizer)
+    return DistillResult(accuracy, train_seconds, cpu_seconds, step, n, loss_value)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """Reproduce the recipe's measurements: base build time, accuracy vs N, train time."""
+    import argparse
+    import statistics
+    import tempfile
+
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m llmvm_ray.testing.student")
+    parser.add_argument("--n", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--base-seed", type=int, default=0)
+    parser.add_argument("--pretrain-steps", type=int, default=STUDENT_PRETRAIN_STEPS)
+    parser.add_argument(
+        "--random-base", action="store_true", help="also run the recipe on an untrained base"
+    )
+    parser.add_argument("--base-dir", help="reuse (or keep) the pretrained base here")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bases = {}
+        base_dir = Path(args.base_dir or Path(tmp, "student"))
+        if not (base_dir / "config.json").is_file():
+            started, cpu = time.perf_counter(), time.process_time()
+            make_student_base(base_dir, seed=args.base_seed, steps=args.pretrain_steps)
+            print(
+                f"base built in {time.perf_counter() - started:.1f} s wall, "
+                f"{time.process_time() - cpu:.1f} s CPU ({args.pretrain_steps} steps)",
+                flush=True,
+            )
+        bases["pretrained"] = base_dir
+        if args.random_base:
+            bases["random"] = make_student_base(Path(tmp, "random"), seed=args.base_seed, steps=0)
+        print(f"recipe: {STUDENT_LORA_RECIPE}")
+        print("| base | N | held-out EM per data seed | mean | min | train s wall | train s CPU |")
+        print("|---|---|---|---|---|---|---|")
+        for name, path in bases.items():
+            for n in args.n:
+                results = [distill_check(path, n=n, data_seed=s) for s in args.data_seeds]
+                accs = [r.accuracy for r in results]
+                print(
+                    f"| {name} | {n} | {' / '.join(f'{a:.3f}' for a in accs)} "
+                    f"| {statistics.mean(accs):.3f} | {min(accs):.3f} "
+                    f"| {statistics.mean(r.train_seconds for r in results):.1f} "
+                    f"| {statistics.mean(r.train_cpu_seconds for r in results):.1f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    _main()

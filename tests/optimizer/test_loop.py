@@ -1,0 +1,318 @@
+"""The optimizing loop end to end, on real parts: a trained tiny teacher served as a remote
+OpenAI-compatible endpoint (its own Serve app), a pretrained tiny student base, the optimizer
+actor, Ray Train fine-tunes, the registry, Parquet rows, and the official clients.
+
+One story, asserted at every transition: requests are answered by the teacher and recorded →
+a first fine-tune on too few rows fails the gate (task stays on the teacher) → more rows → a
+retrain passes the gate → the student answers (teacher off the request path, same seed same
+text) → tenants stay isolated → the teacher changes (drift) → shadow agreement drops → the task
+rolls back to the teacher → the teacher goes down → clear 5xx, nothing recorded.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import httpx
+import openai
+import pytest
+
+from llmvm_ray.client import Client, LLMVMClientError
+
+pytestmark = pytest.mark.ray
+
+KEY_A = "sk-tenant-a"
+KEY_B = "sk-tenant-b"
+FIRST_RUN_EXAMPLES = 8  # train rows at the first fine-tune: too few, the gate must fail
+GROWTH = 8.0  # the retrain waits for 8x the rows
+
+
+def _start_loop(root, serve_port, teacher_dir, student_dir, name, train_overrides):
+    """Deploy a teacher app (a remote OpenAI-compatible endpoint) and the optimizing app."""
+    from ray import serve
+
+    from llmvm_ray.config import load_config
+    from llmvm_ray.serve.builder import build_app
+    from llmvm_ray.serve.deploy import ServiceRunner
+
+    teacher_app = f"{name}-teacher"
+
+    def deploy_teacher(model_dir):
+        cfg = load_config(
+            overrides={
+                "storage_path": str(root / "teacher-storage"),
+                "optimizer": {"enabled": False},
+                "serve": {
+                    "port": serve_port,
+                    "app_name": teacher_app,
+                    "route_prefix": f"/{teacher_app}",
+                },
+                "models": [{"name": "teacher", "model_uri": str(model_dir), "num_cpus": 0.5}],
+            }
+        )
+        serve.run(build_app(cfg), name=teacher_app, route_prefix=f"/{teacher_app}")
+
+    deploy_teacher(teacher_dir)
+    # 1 row in 4 is held out: the first fine-tune sees FIRST_RUN_EXAMPLES train rows.
+    config = load_config(
+        overrides={
+            "storage_path": str(root / "storage"),
+            "registry": {"actor_name": f"{name}-registry"},
+            "serve": {
+                "port": serve_port,
+                "app_name": name,
+                "route_prefix": f"/{name}",
+                "api_keys": [KEY_A, KEY_B],
+            },
+            "teacher": {
+                "base_url": f"http://127.0.0.1:{serve_port}/{teacher_app}/v1",
+                "model": "teacher",
+                "max_retries": 0,
+                "timeout_s": 30,
+            },
+            "optimizer": {
+                "student_model": "student",
+                "min_train_examples": FIRST_RUN_EXAMPLES,
+                "holdout_fraction": 0.25,
+                "min_holdout": 2,
+                "retrain_growth": GROWTH,
+                "gate_threshold": 0.9,
+                "shadow_rate": 1.0,
+                "min_shadow_samples": 4,
+                "shadow_window": 6,
+                "drift_threshold": 0.75,
+                "flush_rows": 8,
+                "flush_interval_s": 0.3,
+                "default_max_tokens": 16,
+                "train_overrides": train_overrides,
+            },
+            "train": {"resources_per_worker": {"CPU": 0.5}},
+            "models": [{"name": "student", "model_uri": str(student_dir), "num_cpus": 0.5}],
+        }
+    )
+    runner = ServiceRunner(config, shutdown_ray=False).start()
+    return runner, deploy_teacher, teacher_app
+
+
+@pytest.fixture(scope="module")
+def quick_loop(ray_session, serve_port, tmp_path_factory):
+    """Tiny models and a few training steps: every transition up to a gate that must fail,
+    in a minute or two."""
+    from ray import serve
+
+    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+
+    root = tmp_path_factory.mktemp("quick-loop")
+    # A briefly trained teacher writes date-like answers; an untrained student can't match.
+    make_teacher(root / "teacher", "date", steps=60)
+    build_tiny_model(root / "student", seed=2)
+    runner, deploy_teacher, teacher_app = _start_loop(
+        root,
+        serve_port,
+        root / "teacher",
+        root / "student",
+        "quick",
+        {"method": "lora", "max_steps": 4, "batch_size": 4},
+    )
+    yield {"url": runner.url, "task": get_task("date"), "teacher_app": teacher_app}
+    runner.stop()
+    serve.delete(teacher_app)
+
+
+@pytest.fixture(scope="module")
+def loop(ray_session, serve_port, tmp_path_factory):
+    """A trained teacher (>= 95 % on the task) and a pretrained student base."""
+    from ray import serve
+
+    from llmvm_ray.testing.student import STUDENT_LORA_RECIPE, make_student_base
+    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+
+    root = tmp_path_factory.mktemp("loop")
+    task = get_task("date")
+    accuracy = make_teacher(root / "teacher", task)
+    assert accuracy >= 0.95, accuracy
+    build_tiny_model(root / "drifted", seed=5)  # an untrained model: disagrees with everyone
+    make_student_base(root / "student")
+    runner, deploy_teacher, teacher_app = _start_loop(
+        root, serve_port, root / "teacher", root / "student", "loop", STUDENT_LORA_RECIPE
+    )
+    yield {
+        "url": runner.url,
+        "task": task,
+        "deploy_teacher": deploy_teacher,
+        "teacher_app": teacher_app,
+        "root": root,
+    }
+    runner.stop()
+    serve.delete(teacher_app)
+
+
+def wait_for(predicate, timeout_s=600, poll_s=0.5, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def asker(task, seed=1):
+    rng = random.Random(seed)
+    prompts = iter(task.sample_split(rng, "train") for _ in range(10_000))
+
+    def ask(client, finetune=True, seed=None):
+        source, target = next(prompts)
+        r = client.complete(
+            task.dynamic_prompt(source), context=task.context, finetune=finetune, seed=seed
+        )
+        assert r["status"] == 200
+        return r, target
+
+    return ask
+
+
+def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
+    """Recording → fine-tune → a failing gate keeps the task on the teacher; tenants are
+    isolated; a dead teacher is a clear 5xx and records nothing."""
+    from ray import serve
+
+    task, url = quick_loop["task"], quick_loop["url"]
+    a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
+    b = Client(url=url, api_key=KEY_B, big_model="teacher", small_model="student")
+    ask = asker(task)
+    first, _ = ask(a)
+    meta = first["llmvm"]
+    assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
+    task_id = meta["task_id"]
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
+    r = oa.completions.create(
+        model="llmvm",
+        prompt=task.dynamic_prompt("June 1, 1999"),
+        temperature=0,
+        max_tokens=16,
+        extra_body={"context": task.context, "finetune": True},
+    )
+    assert r.llmvm["task_id"] == task_id and r.llmvm["served_by"] == "teacher"
+    for _ in range(FIRST_RUN_EXAMPLES + 2):
+        ask(a)
+    view = wait_for(lambda: (t := a.task(task_id))["gate"] and t, what="the gate")
+    assert view["examples"]["recorded"] == FIRST_RUN_EXAMPLES + 4
+    assert view["examples"]["held_out"] == (FIRST_RUN_EXAMPLES + 4) // 4
+    assert view["gate"]["passed"] is False and view["route"] == "teacher"
+    assert len(view["fine_tunes"]) == 1
+    assert [e["event"] for e in view["events"]][-2:] == ["finetune_started", "gate_failed"]
+    assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
+    # Tenant isolation: B sees none of A's tasks.
+    assert b.tasks() == []
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        b.task(task_id)
+    assert info.value.response.status_code == 404
+    rb, _ = ask(b)
+    assert rb["llmvm"]["task_id"] != task_id
+    # The teacher goes down: a clear 5xx, nothing recorded, the task stays on the teacher.
+    serve.delete(quick_loop["teacher_app"])
+    before = a.task(task_id)["examples"]["recorded"]
+    with pytest.raises(LLMVMClientError) as failure:
+        ask(a)
+    assert failure.value.status in (502, 503, 504)
+    time.sleep(1)
+    after = a.task(task_id)
+    assert after["examples"]["recorded"] == before and after["route"] == "teacher"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_record_gate_promote_shadow_rollback(loop):
+    task = loop["task"]
+    url = loop["url"]
+    a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
+    b = Client(url=url, api_key=KEY_B, big_model="teacher", small_model="student")
+    ask = asker(task)
+
+    # -- 1. the teacher answers and every answer is recorded ----------------------------
+    first, target = ask(a)
+    meta = first["llmvm"]
+    assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
+    assert task.score(first["completion"], target)
+    task_id = meta["task_id"]
+    # The OpenAI endpoint reaches the same task (model "llmvm" + context extension).
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
+    r = oa.completions.create(
+        model="llmvm",
+        prompt=task.dynamic_prompt("June 1, 1999"),
+        temperature=0,
+        max_tokens=16,
+        extra_body={"context": task.context, "finetune": True},
+    )
+    assert r.llmvm["task_id"] == task_id and r.llmvm["served_by"] == "teacher"
+    for _ in range(FIRST_RUN_EXAMPLES + 2):
+        ask(a)
+
+    # -- 2. a first fine-tune on few rows fails the gate: the task stays on the teacher -
+    view = wait_for(lambda: (t := a.task(task_id))["gate"] and t, what="first gate")
+    assert view["gate"]["passed"] is False and view["route"] == "teacher"
+    assert len(view["fine_tunes"]) == 1
+    assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
+
+    # -- 3. more rows -> retrain -> the gate passes -> promotion -------------------------
+    while a.task(task_id)["examples"]["recorded"] < FIRST_RUN_EXAMPLES * GROWTH * 1.4:
+        ask(a)
+    view = wait_for(lambda: (t := a.task(task_id))["route"] == "student" and t, what="promotion")
+    assert view["gate"]["passed"] is True and view["gate"]["score"] >= 0.9
+    assert len(view["fine_tunes"]) == 2
+    adapter = view["adapter"]
+    assert f"student:{adapter}" in {m.id for m in oa.models.list().data}
+
+    # -- 4. the student answers; same seed, same text -----------------------------------
+    correct = 0
+    for _ in range(10):
+        r, target = ask(a, finetune=False, seed=3)
+        assert r["llmvm"]["served_by"] == "student" and r["llmvm"]["adapter"] == adapter
+        correct += task.score(r["completion"], target)
+    assert correct >= 8
+    again = [
+        a.complete(
+            task.dynamic_prompt("May 2, 2010"), context=task.context, seed=11, temperature=0
+        )["completion"]
+        for _ in range(2)
+    ]
+    assert again[0] == again[1]
+
+    # -- 5. tenants are isolated -------------------------------------------------------
+    assert b.tasks() == []
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        b.task(task_id)
+    assert info.value.response.status_code == 404
+    ob = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_B, max_retries=0)
+    assert f"student:{adapter}" not in {m.id for m in ob.models.list().data}
+    with pytest.raises(openai.NotFoundError):
+        ob.completions.create(model=f"student:{adapter}", prompt="x", max_tokens=2)
+    rb, _ = ask(b)
+    assert rb["llmvm"]["served_by"] == "teacher" and rb["llmvm"]["task_id"] != task_id
+
+    # -- 6. the teacher drifts: shadow agreement drops and the task rolls back ---------
+    loop["deploy_teacher"](loop["root"] / "drifted")
+    wait_for(
+        lambda: (ask(a, finetune=False)[0], a.task(task_id)["route"] == "teacher")[1],
+        timeout_s=300,
+        what="rollback",
+    )
+    view = a.task(task_id)
+    assert view["rollbacks"] == 1
+    assert any(e["event"] == "rollback" for e in view["events"])
+    assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
+
+    # -- 7. the teacher goes down: a clear 5xx and nothing recorded ---------------------
+    from ray import serve
+
+    serve.delete(loop["teacher_app"])
+    before = a.task(task_id)["examples"]["recorded"]
+    with pytest.raises(LLMVMClientError) as failure:
+        ask(a)
+    assert failure.value.status in (502, 503, 504)
+    time.sleep(1)
+    assert a.task(task_id)["examples"]["recorded"] == before
