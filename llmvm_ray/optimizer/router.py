@@ -170,18 +170,18 @@ class OptimizingService:
             )
             if decision["shadow"]:
                 self._spawn(self._shadow(task_id, teacher, call, choice.text))
-            meta = LLMVMMetadata(
-                model="llmvm",
+            return _answer(
+                choice.text,
+                choice.finish_reason,
+                call,
+                started,
+                task_id,
                 base_model=student_name,
                 adapter=adapter.name,
                 served_by="student",
-                seed=call.seed,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=choice.completion_tokens,
-                task_id=task_id,
             )
-            return OptimizeResult(choice.text, choice.finish_reason, meta)
 
         answer = await teacher.complete(self._teacher_call(call))
         self.optimizer.served.remote(
@@ -200,18 +200,18 @@ class OptimizingService:
                     }
                 ],
             )
-        meta = LLMVMMetadata(
-            model="llmvm",
+        return _answer(
+            answer.text,
+            answer.finish_reason,
+            call,
+            started,
+            task_id,
             base_model=teacher_name,
             adapter=None,
             served_by="teacher",
-            seed=call.seed,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
-            task_id=task_id,
         )
-        return OptimizeResult(answer.text, answer.finish_reason, meta)
 
     def _teacher_call(self, call: OptimizeCall) -> TeacherCall:
         return TeacherCall(
@@ -256,3 +256,25 @@ class OptimizingService:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _answer(
+    text: str,
+    finish_reason: str,
+    call: OptimizeCall,
+    started: float,
+    task_id: str,
+    **meta: Any,
+) -> OptimizeResult:
+    """The result with its ``llmvm`` metadata (who answered, seed, latency, tokens)."""
+    return OptimizeResult(
+        text,
+        finish_reason,
+        LLMVMMetadata(
+            model="llmvm",
+            seed=call.seed,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            task_id=task_id,
+            **meta,
+        ),
+    )
