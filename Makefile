@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # Idle OpenMP threads sleep instead of spinning: on shared cores spinning cost 10x per step.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test test-slow lint docs bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -q
+
+# The full optimizing loop with trained models (promotion, shadow, rollback): ~5 min more.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest tests -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
