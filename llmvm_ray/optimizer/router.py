@@ -57,6 +57,18 @@ class OptimizeResult:
     meta: LLMVMMetadata
 
 
+def _sampling(call: TeacherCall | OptimizeCall) -> SamplingParams:
+    """The generation settings of a call (both call types carry the same ones)."""
+    return SamplingParams(
+        max_tokens=call.max_tokens,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        stop=call.stop,
+        seed=call.seed,
+        guided=call.guided,
+    )
+
+
 class LocalTeacher:
     """A teacher model hosted by this Serve app, behind the same interface as a remote one."""
 
@@ -66,14 +78,7 @@ class LocalTeacher:
 
     async def complete(self, call: TeacherCall) -> TeacherAnswer:
         started = time.perf_counter()
-        params = SamplingParams(
-            max_tokens=call.max_tokens,
-            temperature=call.temperature,
-            top_p=call.top_p,
-            stop=call.stop,
-            seed=call.seed,
-            guided=call.guided,
-        )
+        params = _sampling(call)
         try:
             result = await self._handle.generate.remote(
                 GenerationRequest(new_id("teacher"), call.context + call.prompt, params)
@@ -152,14 +157,7 @@ class OptimizingService:
         task_id = decision["task_id"]
         if decision["route"] == "student":
             adapter = AdapterRef(**decision["adapter"])
-            params = SamplingParams(
-                max_tokens=call.max_tokens,
-                temperature=call.temperature,
-                top_p=call.top_p,
-                stop=call.stop,
-                seed=call.seed,
-                guided=call.guided,
-            )
+            params = _sampling(call)
             # The student never sees the context: it learned to imply it.
             result = await student.generate.remote(
                 GenerationRequest(new_id("student"), call.prompt, params, adapter)
