@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--batch-wait", type=float, default=0.01, help="batch_wait_timeout_s")
+    parser.add_argument(
+        "--batch-wait", type=float, default=None, help="batch_wait_timeout_s (default: config's)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,6 +95,9 @@ def main() -> None:
     from llmvm_ray.serve.batching import Batcher
     from llmvm_ray.serve.deploy import ServiceRunner
     from llmvm_ray.testing.tiny import build_tiny_model
+
+    if args.batch_wait is None:
+        args.batch_wait = ModelConfig.model_fields["batch_wait_timeout_s"].default
 
     levels = [int(c) for c in args.concurrency.split(",")]
     items = work(args.requests, args.max_tokens)

@@ -83,7 +83,10 @@ class ModelConfig(Section):
         16, ge=1, description="Most sequences a replica decodes together in one batch."
     )
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a replica waits to fill a batch before starting it."
+        0.05,
+        ge=0,
+        description="Longest a replica waits for recently seen concurrent requests to join a "
+        "batch (a lone client never waits).",
     )
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     autoscaling: AutoscalingConfig | None = Field(

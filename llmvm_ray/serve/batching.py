@@ -3,10 +3,17 @@
 Why not ``@serve.batch``: it splits batches by multiplexed model id (so a batch would never
 mix adapters) and its streaming mode yields one item per request per step, while the engine
 already streams per-row deltas from a single padded ``generate`` call. This loop collects
-requests for up to ``wait_s`` (or until ``max_batch_size`` sequences are waiting), runs one
-engine call in a worker thread, and routes every delta and result back to its request's
-queue. Requests arriving while a batch runs form the next batch, so the engine never idles
-while work is queued. Nothing here imports Ray: it is tested with a plain asyncio loop.
+requests into a batch, runs one engine call in a worker thread, and routes every delta and
+result back to its request's queue. Requests arriving while a batch runs form the next batch.
+
+How long to wait before starting a batch is adaptive. A fixed wait either adds its full delay
+to every lone request or, under load, splits closed-loop clients into two half batches that
+alternate forever (the clients of the running batch are still travelling back through the
+proxy when the next batch starts): measured at concurrency 16, a fixed 10 ms wait ran batches
+of 8 rows. So the batcher remembers the concurrency it has seen lately (rows running plus
+rows waiting, the peak over the last ``window_s``) and waits — at most ``wait_s`` — only until
+that many rows are waiting. A lone client never waits; a steady crowd fills whole batches.
+Nothing here imports Ray: it is tested with a plain asyncio loop.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -43,13 +51,20 @@ class Batcher:
     so the event loop keeps accepting requests while a batch decodes.
     """
 
-    def __init__(self, run_batch: RunBatch, max_batch_size: int, wait_s: float) -> None:
+    def __init__(
+        self, run_batch: RunBatch, max_batch_size: int, wait_s: float, window_s: float = 1.0
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._wait_s = wait_s
+        self._window_s = window_s
         self._pending: list[_Pending] = []
+        self._running_rows = 0
+        # Peak concurrency of the current and the previous window: a cheap sliding maximum.
+        self._peak = (0, 0)
+        self._window_started = time.monotonic()
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.batches_run = 0
@@ -70,6 +85,7 @@ class Batcher:
         self._ensure_loop()
         item = _Pending(request)
         self._pending.append(item)
+        self._observe(self._running_rows + self._rows_waiting())
         self._wakeup.set()
         try:
             while True:
@@ -115,15 +131,30 @@ class Batcher:
     def _rows_waiting(self) -> int:
         return sum(p.request.params.n for p in self._pending if not p.aborted)
 
+    def _observe(self, concurrency: int) -> None:
+        now = time.monotonic()
+        current, previous = self._peak
+        if now - self._window_started >= self._window_s:
+            # A whole idle window forgets the old peak; otherwise it slides by one window.
+            stale = now - self._window_started >= 2 * self._window_s
+            current, previous = 0, 0 if stale else current
+            self._window_started = now
+        self._peak = (max(current, concurrency), previous)
+
+    def batch_target(self) -> int:
+        """Rows worth waiting for: the recent peak concurrency, capped at the batch size."""
+        self._observe(0)
+        return max(1, min(self._max_batch_size, max(self._peak)))
+
     async def _serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Give concurrent requests a moment to join, unless the batch is already full.
+            # Give the clients seen lately a moment to join, at most wait_s.
             deadline = loop.time() + self._wait_s
-            while self._rows_waiting() < self._max_batch_size:
+            while self._rows_waiting() < self.batch_target():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -146,8 +177,10 @@ class Batcher:
             item = by_id.get(request_id)
             return item is None or item.aborted
 
+        rows = sum(item.request.params.n for item in batch)
         self.batches_run += 1
-        self.sequences_run += sum(item.request.params.n for item in batch)
+        self.sequences_run += rows
+        self._running_rows = rows
         try:
             results = await asyncio.to_thread(
                 self._run_batch, [item.request for item in batch], on_delta, should_abort
@@ -157,6 +190,8 @@ class Batcher:
             for item in batch:
                 item.queue.put_nowait(exc)
             return
+        finally:
+            self._running_rows = 0
         for result in results:
             item = by_id[result.request_id]
             item.queue.put_nowait(result)

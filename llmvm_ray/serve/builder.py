@@ -48,6 +48,9 @@ def _model_deployment(model: ModelConfig) -> Application:
         "ray_actor_options": {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
         "max_ongoing_requests": model.max_ongoing_requests,
         "health_check_period_s": 10,
+        # One access-log line per handle call costs the replica CPU on every request; the
+        # ingress logs each HTTP request already.
+        "logging_config": {"enable_access_log": False},
     }
     if model.autoscaling is not None:
         a = model.autoscaling
