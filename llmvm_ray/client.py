@@ -16,6 +16,9 @@ import httpx
 
 from llmvm_ray.config import Config, load_config
 
+_LLMVM_GUIDED = {"choices": "guided_choice", "regex": "guided_regex", "type": "guided_type"}
+"""LLM-VM's guided-output keywords and the request fields they map to."""
+
 
 class LLMVMClientError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
@@ -98,8 +101,10 @@ class Client:
     ) -> dict[str, Any]:
         """One optimizing completion. ``openai_kwargs`` / ``hf_kwargs`` may carry
         ``max_tokens``, ``top_p`` and ``seed``; ``guided`` takes ``guided_choice``,
-        ``guided_regex``, ``guided_json`` or ``guided_type``."""
+        ``guided_regex``, ``guided_json`` or ``guided_type``, or LLM-VM's own names
+        ``choices``, ``regex`` and ``type``."""
         extra = {**(hf_kwargs or {}), **(openai_kwargs or {})}
+        guided = {_LLMVM_GUIDED.get(key, key): value for key, value in guided.items()}
         body: dict[str, Any] = {
             "prompt": prompt,
             "context": context,

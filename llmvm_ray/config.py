@@ -136,6 +136,10 @@ class RayConfig(Section):
         "disabled",
         description="Ray's RAY_AUTH_MODE for every process; a local Ray binds to loopback.",
     )
+    log_to_driver: bool = Field(
+        True,
+        description="Echo Ray workers' logs on this console (always in the session's log dir).",
+    )
 
 
 class TeacherConfig(Section):

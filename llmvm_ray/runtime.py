@@ -34,6 +34,7 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return ray.get_runtime_context()
+    kwargs.setdefault("log_to_driver", config.log_to_driver)
     if config.address:
         return ray.init(address=config.address, namespace=config.namespace, **kwargs)
     return ray.init(

@@ -1,29 +1,53 @@
 """A tiny *pretrained* student base, and the LoRA recipe that distils a task into it.
 
-Why: a LoRA adapter on a randomly initialised tiny model cannot learn ``date`` (it reaches a
-few percent); real students are small pretrained LMs that already "know" dates and how to
-copy text, and the adapter only has to pick the task. ``make_student_base`` builds such a
-model offline in about half a minute: the tiny Llama of ``tiny.build_tiny_model`` (same
-tokenizer family as the teacher) pretrained with plain LM loss on generated text.
+Real students are small pretrained LMs that already "know" dates and how to copy text, so a
+LoRA adapter only has to pick the task. ``make_student_base`` builds such a model offline in
+about half a minute: the tiny Llama of ``tiny.build_tiny_model`` (same tokenizer, 2 layers,
+hidden 128 like the teacher) pretrained with plain LM loss on generated text.
 
 What the pretraining text contains (``pretraining_document``) and what it does NOT:
 
 - written dates ("on March 5, 2021 we met.") and ISO dates ("log 2021-03-05"), never both
   in one document, so no date ever appears in both formats;
 - world knowledge about months ("June has 30 days and is month 06.", "03 March 04 April");
-- generic copying and field reformatting of *numbers* in the ``Input:/Output:`` frame
-  ("Input: 7/12/1999\\nOutput: 1999-07-12" style shuffles of digit groups, plain copies of
-  ISO dates and digit strings), and written dates repeated verbatim;
+- generic copying and reformatting of *numbers* in the ``Input:/Output:`` frame (digit
+  groups shuffled into another order and separator, "Input: 5/8318/38\\nOutput:
+  05.8318.38"; verbatim copies of ISO dates and digit strings), written dates repeated
+  verbatim ("May 24, 2007, again May 24, 2007");
 - the other tasks' data (``reverse``, ``sort``), with and without their instruction.
 
 A written date is never the input of an ``Input:/Output:`` pair and never sits next to an
 ISO date: the base has seen every ingredient but not the ``date`` task's mapping, and
-``tests/testing/test_student.py`` checks that it scores ~0 on the task before LoRA.
+``tests/testing/test_student.py`` checks that it scores ~0 % on the task before LoRA.
 
-``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` from
-teacher examples into that base; ``distill_check`` runs the same kind of fine-tune in process
-(same tokenization, loss, optimizer and schedule as ``llmvm_ray.train``) and measures it.
-``python -m llmvm_ray.testing.student`` reproduces the accuracy table.
+``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` into
+that base; ``distill_check`` runs the same fine-tune in process (tokenization, loss,
+optimizer and schedule of ``llmvm_ray.train``) and measures held-out exact match.
+``python -m llmvm_ray.testing.student [--random-base]`` reproduces the table below (1 torch
+thread, 3 data seeds per N, 200 held-out inputs, ~10 min).
+
+Measured 2026-11-25, 2-core shared CPU, ``date``, prompts without the instruction,
+completions = true targets, held-out exact match for data seeds 0 / 1 / 2. A base takes
+42 s wall / 30 s CPU to build on one thread; training = the 600 optimizer steps, 12 s CPU
+whatever N (loading and evaluation not included):
+
+| base | N = 32 | N = 64 | N = 128 | N = 256 |
+|---|---|---|---|---|
+| pretrained, seed 0 | .92 .85 .925 | 1 1 1 | 1 1 1 | 1 1 1 |
+| pretrained, seed 1 | .245 .095 .03 | 1 .96 .99 | 1 1 1 | 1 1 1 |
+| pretrained, seed 2 | .80 (seed 0 only) | 1 .985 .995 | 1 (seed 0 only) | not run |
+| untrained (random) | .235 .44 .135 | .615 .875 .84 | .805 .82 1 | .725 .72 .87 |
+
+- N >= 64 is needed for >= 95 %. N = 32 is unreliable: in about half of the 32-example sets
+  some month never occurs, and few examples teach the digit copying poorly.
+- Pretraining matters with this recipe: the random base stays below 90 % on average.
+- LoRA on every linear layer (``LORA_ALL_LINEAR``, MLP included, 400 steps) was measured
+  too and rejected: the adapter is then expressive enough to learn ``date`` on the random
+  base (.94-1 at N = 64, 1 at N >= 128), but on the pretrained seed-1 base it reached only
+  .2-.7 at N = 64 (seed-0 base: 1 1 1), presumably fitting the MLPs instead of using the
+  base's copying.
+- Through ``FinetuneService`` (Ray Train, 1 worker, the run holds 10 % of the rows out):
+  N = 64 -> .985 held-out (12.7 s of training, 24 s per run), N = 256 -> 1.0 (13.3 s).
 """
 
 from __future__ import annotations
@@ -41,38 +65,42 @@ from typing import Any
 from llmvm_ray.testing.tasks import Task, get_task
 
 STUDENT_HIDDEN_SIZE = 128
-"""Hidden size of the student base (same as the teacher's: 64 learned far less in the same
-pretraining time, see the module's measurements)."""
+"""Hidden size of the student base, the teacher's. A hidden-64 base pretrained as long gave
+3-26 % after LoRA where 128 gave 95-98 % (an early, less stable LoRA setting)."""
 STUDENT_NUM_LAYERS = 2
 STUDENT_PRETRAIN_STEPS = 300
-"""Pretraining steps ``make_student_base`` takes by default (batch 32, ~20-30 s of one CPU
-thread)."""
+"""Pretraining steps ``make_student_base`` takes by default: batch 32, ~26-30 s of CPU on one
+thread (30-60 s wall on a busy shared machine). The LM loss falls from ~5.9 to ~1.0."""
 STUDENT_PRETRAIN_BATCH_SIZE = 32
 STUDENT_PRETRAIN_LR = 3e-3
 
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 STUDENT_LORA_RECIPE: dict[str, Any] = {
     "method": "lora",
     "lora_r": 16,
     "lora_alpha": 32.0,
     "lora_dropout": 0.2,
-    "lora_target_modules": LORA_ALL_LINEAR,
+    "lora_target_modules": LORA_ATTENTION,
     "lr": 2e-3,
     "warmup_steps": 10,
-    "max_steps": 400,
+    "max_steps": 600,
     "batch_size": 16,
     "max_grad_norm": 1.0,
     "weight_decay": 0.0,
 }
 """``TrainConfig`` overrides that distil ``date`` into a ``make_student_base`` model.
 
-Measured (held-out exact match, greedy, prompts without the instruction): see the module's
-``__main__`` (``python -m llmvm_ray.testing.student``) and the numbers in the docstring of
-``distill_check``. LoRA on every linear layer (attention and MLP), rank 16 of 128, dropout
-0.1 (without it the adapter memorises small sets: 100 % on its 32 training rows, <20 %
-held out), a high constant learning rate after a short warm-up (``llmvm_ray.train`` has no
-decay), a fixed step budget so the cost does not grow with the number of examples.
+Held-out exact match >= 95 % from N >= 64 teacher examples (module docstring). Why each
+value: LoRA on the attention projections, rank 16 of hidden 128 (the base already copies
+and knows months; the adapter routes); dropout 0.2 (without it small sets are memorised:
+100 % on the 32 training rows, ~25 % held out); lr 2e-3 constant after 10 warm-up steps
+(``llmvm_ray.train`` has no decay; at 5e-3 the loss rose again after ~500 steps and accuracy
+collapsed, at 1e-3 it learned too slowly); a fixed step budget (600, batch 16) so the cost
+does not grow with N. PEFT mixed-adapter batches
+(``generate(..., adapter_names=[...])``) work with these adapters (tested). ``batch_size``
+is per worker: with 2 workers the effective batch doubles (not measured).
 """
 
 _MONTHS = list(calendar.month_name)[1:]

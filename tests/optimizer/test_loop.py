@@ -28,7 +28,7 @@ FIRST_RUN_EXAMPLES = 8  # train rows at the first fine-tune: too few, the gate m
 GROWTH = 8.0  # the retrain waits for 8x the rows
 
 
-def _start_loop(root, serve_port, teacher_dir, student_dir, name, train_overrides):
+def _start_loop(root, serve_port, teacher_dir, student_dir, name, train_overrides, optimizer=None):
     """Deploy a teacher app (a remote OpenAI-compatible endpoint) and the optimizing app."""
     from ray import serve
 
@@ -86,6 +86,7 @@ def _start_loop(root, serve_port, teacher_dir, student_dir, name, train_override
                 "flush_interval_s": 0.3,
                 "default_max_tokens": 16,
                 "train_overrides": train_overrides,
+                **(optimizer or {}),
             },
             "train": {"resources_per_worker": {"CPU": 0.5}},
             "models": [{"name": "student", "model_uri": str(student_dir), "num_cpus": 0.5}],
@@ -117,6 +118,32 @@ def quick_loop(ray_session, serve_port, tmp_path_factory):
         {"method": "lora", "max_steps": 4, "batch_size": 4},
     )
     yield {"url": runner.url, "task": get_task("date"), "teacher_app": teacher_app}
+    runner.stop()
+    serve.delete(teacher_app)
+
+
+@pytest.fixture(scope="module")
+def guided_loop(ray_session, serve_port, tmp_path_factory):
+    """Tiny models and a validity gate: a student that always writes a valid date under the
+    task's constraint passes, so promotion happens after a few training steps."""
+    from ray import serve
+
+    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+
+    root = tmp_path_factory.mktemp("guided-loop")
+    make_teacher(root / "teacher", "date", steps=60)
+    build_tiny_model(root / "student", seed=2)
+    runner, _, teacher_app = _start_loop(
+        root,
+        serve_port,
+        root / "teacher",
+        root / "student",
+        "guided",
+        {"method": "lora", "max_steps": 4, "batch_size": 4},
+        optimizer={"gate_metric": "valid", "gate_threshold": 1.0, "shadow_rate": 0.0},
+    )
+    yield {"url": runner.url, "task": get_task("date")}
     runner.stop()
     serve.delete(teacher_app)
 
@@ -222,6 +249,44 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
     time.sleep(1)
     after = a.task(task_id)
     assert after["examples"]["recorded"] == before and after["route"] == "teacher"
+
+
+ISO_DATE = r" [0-9]{4}-[0-9]{2}-[0-9]{2}"
+
+
+def test_a_guided_task_is_promoted_and_its_student_answers_under_the_constraint(guided_loop):
+    """The constraint is part of the task: the teacher answers under it, the gate checks the
+    student's validity under it, and once promoted the student decodes under it."""
+    import re
+
+    task, url = guided_loop["task"], guided_loop["url"]
+    a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
+    rng = random.Random(3)
+
+    def ask(**extra):
+        source, _ = task.sample_split(rng, "train")
+        r = a.complete(task.dynamic_prompt(source), context=task.context, **extra)
+        assert re.fullmatch(ISO_DATE, r["completion"]), r
+        return r
+
+    first = ask(finetune=True, guided_regex=ISO_DATE)
+    task_id = first["llmvm"]["task_id"]
+    assert first["llmvm"]["served_by"] == "teacher"
+    for _ in range(FIRST_RUN_EXAMPLES + 3):
+        ask(finetune=True, guided_regex=ISO_DATE)
+    view = wait_for(lambda: (t := a.task(task_id))["gate"] and t, what="the gate")
+    assert view["gate"]["passed"] is True and view["gate"]["metric"] == "valid", view["gate"]
+    assert view["route"] == "student"
+    for _ in range(3):
+        r = ask(guided_regex=ISO_DATE, seed=5)
+        assert r["llmvm"]["served_by"] == "student" and r["llmvm"]["task_id"] == task_id
+        assert r["llmvm"]["adapter"] == view["adapter"]
+    # LLM-VM's own keyword (regex=) reaches the same task.
+    assert ask(regex=ISO_DATE)["llmvm"]["task_id"] == task_id
+    # Without the constraint it is another task, still on the teacher.
+    source, _ = task.sample_split(rng, "train")
+    plain = a.complete(task.dynamic_prompt(source), context=task.context)
+    assert plain["llmvm"]["task_id"] != task_id and plain["llmvm"]["served_by"] == "teacher"
 
 
 @pytest.mark.slow

@@ -86,9 +86,9 @@ def test_short_lora_run_learns_date_beyond_the_untrained_adapter(student_base, t
     assert untrained < 0.05, "the base must not know the date task already"
 
     adapter = tmp_path / "adapter"
-    trained = distill_check(path, n=64, max_steps=150, eval_n=100, adapter_dir=adapter)
-    assert trained.steps == 150
-    assert trained.accuracy >= untrained + 0.4, trained
+    trained = distill_check(path, n=64, max_steps=300, eval_n=100, adapter_dir=adapter)
+    assert trained.steps == 300
+    assert trained.accuracy >= untrained + 0.5, trained
 
     # The saved adapter (LoRA on attention and MLP) works in PEFT mixed-adapter batches.
     tokenizer = AutoTokenizer.from_pretrained(path)
