@@ -199,6 +199,11 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
+    # Extensions for the optimizing model (`model="llmvm"`): system messages are the task's
+    # stable context (`context`, if given, goes before them), the user message the dynamic
+    # prompt; `finetune` is LLM-VM's flag.
+    context: str | None = None
+    finetune: StrictBool = False
 
     @model_validator(mode="after")
     def _format(self) -> ChatCompletionRequest:

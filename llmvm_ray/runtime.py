@@ -28,15 +28,17 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
 
     Idempotent: returns the existing connection when this process is already connected.
     """
-    import ray
-
+    # Before importing ray: it reads some of these once, at import.
     for key, value in ray_environment(config).items():
         os.environ.setdefault(key, value)
+    import ray
+
     if ray.is_initialized():
         return ray.get_runtime_context()
     kwargs.setdefault("log_to_driver", config.log_to_driver)
     if config.address:
         return ray.init(address=config.address, namespace=config.namespace, **kwargs)
+    _keep_on_loopback()
     return ray.init(
         namespace=config.namespace,
         num_cpus=config.num_cpus,
@@ -45,3 +47,18 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
         _node_ip_address="127.0.0.1",
         **kwargs,
     )
+
+
+def _keep_on_loopback() -> None:
+    """Make this process's Ray keep a local node on 127.0.0.1.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported, and
+    while it is on, ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the machine's
+    network address and every Ray process listens on all interfaces (measured: GCS, raylet
+    and workers on ``*``). When something imported ``ray`` before the variable was set, the
+    parsed flag is corrected here; the processes Ray starts inherit the variable.
+    """
+    from ray._private import ray_constants
+
+    if getattr(ray_constants, "ENABLE_RAY_CLUSTER", False):
+        ray_constants.ENABLE_RAY_CLUSTER = False

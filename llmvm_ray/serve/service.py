@@ -23,6 +23,8 @@ from llmvm_ray.errors import (
 )
 from llmvm_ray.optimizer.router import OptimizeCall, OptimizingService
 from llmvm_ray.protocol import (
+    AssistantMessage,
+    ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -205,6 +207,63 @@ class OpenAIService:
             llmvm=result.meta,
         )
 
+    async def _optimized_chat(
+        self, request: ChatCompletionRequest, tenant: str
+    ) -> ChatCompletionResponse:
+        """``/v1/chat/completions`` with ``model="llmvm"``: system messages are the task's
+        stable context, the one user message after them is the dynamic prompt."""
+        if request.stream:
+            raise InvalidRequestError(
+                "streaming is not available for the optimizing model yet", param="stream"
+            )
+        if request.n != 1:
+            raise InvalidRequestError("the optimizing model takes n=1", param="n")
+        system = [m for m in request.messages if m.role in ("system", "developer")]
+        turns = [m for m in request.messages if m.role not in ("system", "developer")]
+        if len(turns) != 1 or turns[0].role != "user":
+            raise InvalidRequestError(
+                "the optimizing model takes system messages (the task's context) and then one "
+                "user message (the dynamic prompt)",
+                param="messages",
+            )
+        context = "\n".join(m.text() for m in system)
+        if request.context is not None:
+            context = request.context + context
+        result = await self._optimizing().complete(
+            OptimizeCall(
+                tenant=tenant,
+                context=context,
+                prompt=turns[0].text(),
+                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=tuple(request.stop_list()),
+                seed=self._seed(request.seed),
+                guided=oa.guided_spec(request),
+                finetune=request.finetune,
+            )
+        )
+        self.metrics.observe("chat", OPTIMIZING_MODEL, result.meta)
+        usage = Usage(
+            prompt_tokens=result.meta.prompt_tokens,
+            completion_tokens=result.meta.completion_tokens,
+            total_tokens=result.meta.prompt_tokens + result.meta.completion_tokens,
+        )
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=OPTIMIZING_MODEL,
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message=AssistantMessage(content=result.text),
+                    finish_reason=result.finish_reason,
+                )
+            ],
+            usage=usage,
+            llmvm=result.meta,
+        )
+
     # -- fine-tunes (OpenAI fine_tuning.jobs) -------------------------------------------
 
     def _finetunes(self) -> Any:
@@ -330,9 +389,7 @@ class OpenAIService:
         started = time.perf_counter()
         self._check_limits(request)
         if request.model == OPTIMIZING_MODEL:
-            raise InvalidRequestError(
-                "the optimizing model answers on /v1/completions and /v1/complete", param="model"
-            )
+            return await self._optimized_chat(request, tenant)
         target = await self.resolve(request.model, tenant)
         seed = self._seed(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)

@@ -224,7 +224,25 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
         extra_body={"context": task.context, "finetune": True},
     )
     assert r.llmvm["task_id"] == task_id and r.llmvm["served_by"] == "teacher"
-    for _ in range(FIRST_RUN_EXAMPLES + 2):
+    # So does chat: system messages are the context, the user message the dynamic prompt.
+    chat = oa.chat.completions.create(
+        model="llmvm",
+        messages=[
+            {"role": "system", "content": task.context},
+            {"role": "user", "content": task.dynamic_prompt("July 4, 1976")},
+        ],
+        temperature=0,
+        max_tokens=16,
+        extra_body={"finetune": True},
+    )
+    assert chat.llmvm["task_id"] == task_id and chat.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as bad:
+        oa.chat.completions.create(
+            model="llmvm",
+            messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        )
+    assert bad.value.body["param"] == "messages"
+    for _ in range(FIRST_RUN_EXAMPLES + 1):
         ask(a)
     view = wait_for(lambda: (t := a.task(task_id))["gate"] and t, what="the gate")
     assert view["examples"]["recorded"] == FIRST_RUN_EXAMPLES + 4
