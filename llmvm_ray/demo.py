@@ -154,11 +154,16 @@ def _loop(client: Any, task: Any, console: Console) -> dict[str, Any] | None:
                 teacher_latency.append(r["llmvm"]["latency_ms"])
             progress.advance(bar)
             view = show_events()
+            while view["active_fine_tune"] and view["route"] != "student":
+                # A fine-tune is running: wait for its gate rather than flood the teacher
+                # (more rows now would only trigger a retrain sooner).
+                progress.update(bar, description="fine-tune and gate running")
+                time.sleep(1)
+                view = show_events()
+            progress.update(bar, description="requests to the teacher")
             if view["route"] == "student":
                 promoted = True
                 break
-            if view["active_fine_tune"]:
-                time.sleep(0.2)  # a fine-tune is running: no need to flood the teacher
     if not promoted:
         with console.status("waiting for the last fine-tune and its gate"):
             deadline = time.monotonic() + 300
