@@ -96,26 +96,32 @@ def _start_loop(root, serve_port, teacher_dir, student_dir, name, train_override
     return runner, deploy_teacher, teacher_app
 
 
+QUICK_TRAINING = {"method": "lora", "max_steps": 4, "batch_size": 4}
+
+
 @pytest.fixture(scope="module")
-def quick_loop(ray_session, serve_port, tmp_path_factory):
+def quick_models(tmp_path_factory):
+    """A briefly trained teacher (writes date-like answers) and an untrained student that
+    cannot match it: built once for the quick tests."""
+    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+
+    root = tmp_path_factory.mktemp("quick-models")
+    make_teacher(root / "teacher", "date", steps=60)
+    build_tiny_model(root / "student", seed=2)
+    return root / "teacher", root / "student"
+
+
+@pytest.fixture(scope="module")
+def quick_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     """Tiny models and a few training steps: every transition up to a gate that must fail,
     in a minute or two."""
     from ray import serve
 
     from llmvm_ray.testing.tasks import get_task
-    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
 
     root = tmp_path_factory.mktemp("quick-loop")
-    # A briefly trained teacher writes date-like answers; an untrained student can't match.
-    make_teacher(root / "teacher", "date", steps=60)
-    build_tiny_model(root / "student", seed=2)
     runner, deploy_teacher, teacher_app = _start_loop(
-        root,
-        serve_port,
-        root / "teacher",
-        root / "student",
-        "quick",
-        {"method": "lora", "max_steps": 4, "batch_size": 4},
+        root, serve_port, *quick_models, "quick", QUICK_TRAINING
     )
     yield {"url": runner.url, "task": get_task("date"), "teacher_app": teacher_app}
     runner.stop()
@@ -123,25 +129,41 @@ def quick_loop(ray_session, serve_port, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def guided_loop(ray_session, serve_port, tmp_path_factory):
-    """Tiny models and a validity gate: a student that always writes a valid date under the
-    task's constraint passes, so promotion happens after a few training steps."""
+def guided_loop(ray_session, serve_port, tmp_path_factory, quick_models):
+    """A validity gate: a student that always writes a valid date under the task's
+    constraint passes, so promotion happens after a few training steps."""
     from ray import serve
 
     from llmvm_ray.testing.tasks import get_task
-    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
 
-    root = tmp_path_factory.mktemp("guided-loop")
-    make_teacher(root / "teacher", "date", steps=60)
-    build_tiny_model(root / "student", seed=2)
     runner, _, teacher_app = _start_loop(
-        root,
+        tmp_path_factory.mktemp("guided-loop"),
         serve_port,
-        root / "teacher",
-        root / "student",
+        *quick_models,
         "guided",
-        {"method": "lora", "max_steps": 4, "batch_size": 4},
+        QUICK_TRAINING,
         optimizer={"gate_metric": "valid", "gate_threshold": 1.0, "shadow_rate": 0.0},
+    )
+    yield {"url": runner.url, "task": get_task("date")}
+    runner.stop()
+    serve.delete(teacher_app)
+
+
+@pytest.fixture(scope="module")
+def drift_loop(ray_session, serve_port, tmp_path_factory, quick_models):
+    """A gate that promotes any student (threshold 0) and shadows every request: the
+    untrained student disagrees with the teacher, so the task must roll back."""
+    from ray import serve
+
+    from llmvm_ray.testing.tasks import get_task
+
+    runner, _, teacher_app = _start_loop(
+        tmp_path_factory.mktemp("drift-loop"),
+        serve_port,
+        *quick_models,
+        "drift",
+        QUICK_TRAINING,
+        optimizer={"gate_threshold": 0.0, "retrain_growth": 1000.0},
     )
     yield {"url": runner.url, "task": get_task("date")}
     runner.stop()
@@ -305,6 +327,33 @@ def test_a_guided_task_is_promoted_and_its_student_answers_under_the_constraint(
     source, _ = task.sample_split(rng, "train")
     plain = a.complete(task.dynamic_prompt(source), context=task.context)
     assert plain["llmvm"]["task_id"] != task_id and plain["llmvm"]["served_by"] == "teacher"
+
+
+def test_promotion_shadow_checks_and_rollback_on_disagreement(drift_loop):
+    """Promoted → the student answers (same seed, same text) while every answer is shadowed
+    to the teacher → agreement falls under the drift threshold → back to the teacher."""
+    task, url = drift_loop["task"], drift_loop["url"]
+    a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
+    ask = asker(task, seed=5)
+    task_id = ask(a)[0]["llmvm"]["task_id"]
+    for _ in range(FIRST_RUN_EXAMPLES + 3):
+        ask(a)
+    view = wait_for(lambda: (t := a.task(task_id))["route"] == "student" and t, what="promotion")
+    assert view["gate"]["passed"] is True and view["rollbacks"] == 0
+    prompt = task.dynamic_prompt("May 2, 2010")
+    same = [a.complete(prompt, context=task.context, seed=11) for _ in range(2)]
+    assert all(r["llmvm"]["served_by"] == "student" for r in same)
+    assert same[0]["completion"] == same[1]["completion"]
+    assert same[0]["llmvm"]["seed"] == 11
+    view = wait_for(
+        lambda: (ask(a, finetune=False), (t := a.task(task_id))["route"] == "teacher" and t)[1],
+        timeout_s=300,
+        what="rollback",
+    )
+    assert view["rollbacks"] == 1
+    rollback = view["events"][-1]
+    assert rollback["event"] == "rollback" and rollback["agreement"] < 0.75, rollback
+    assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
 
 
 @pytest.mark.slow
