@@ -133,6 +133,12 @@ class RayConfig(Section):
         "disabled",
         description="Ray's RAY_AUTH_MODE for every process; a local Ray binds to loopback.",
     )
+    metrics_export_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Prometheus metrics port of a locally started Ray (none: Ray picks one).",
+    )
 
 
 class TeacherConfig(Section):

@@ -21,6 +21,7 @@ from llmvm_ray.errors import (
     NotImplementedByServerError,
     ServiceUnavailableError,
 )
+from llmvm_ray.observability.metrics import ServeMetrics
 from llmvm_ray.optimizer.router import OptimizeCall, OptimizingService
 from llmvm_ray.protocol import (
     ChatChunkChoice,
@@ -33,14 +34,15 @@ from llmvm_ray.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    LLMVMMetadata,
     ModelCard,
     ModelList,
+    StatsResponse,
     Usage,
     new_id,
     now,
 )
 from llmvm_ray.serve import openai_api as oa
-from llmvm_ray.serve.metrics import ServeMetrics
 
 ADAPTER_SEPARATOR = ":"
 
@@ -73,7 +75,7 @@ class OpenAIService:
         self.optimizing = (
             OptimizingService(config, replicas, optimizer) if optimizer is not None else None
         )
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(config.serve.app_name)
         self.created = now()
         self._finetune_service: Any = None
 
@@ -157,7 +159,7 @@ class OpenAIService:
                 api_key=request.openai_key,
             )
         )
-        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
+        self.observe("/v1/complete", OPTIMIZING_MODEL, result.meta)
         return CompleteResponse(
             completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
         )
@@ -188,7 +190,7 @@ class OpenAIService:
                 finetune=request.finetune,
             )
         )
-        self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
+        self.observe("/v1/completions", OPTIMIZING_MODEL, result.meta)
         usage = Usage(
             prompt_tokens=result.meta.prompt_tokens,
             completion_tokens=result.meta.completion_tokens,
@@ -231,6 +233,38 @@ class OpenAIService:
         if self.optimizer is None:
             raise ServiceUnavailableError("the optimizer is not running in this deployment")
         return await self.optimizer.get_task.remote(tenant, task_id)
+
+    # -- observability ------------------------------------------------------------------
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` metric label of a request: its base model if configured (never the
+        raw string a client sent, which would grow the label set without bound)."""
+        if model == OPTIMIZING_MODEL:
+            return model
+        base = model.partition(ADAPTER_SEPARATOR)[0]
+        return base if any(m.name == base for m in self.config.models) else "unknown"
+
+    def observe(
+        self, endpoint: str, model: str, meta: LLMVMMetadata, first_token_s: float | None = None
+    ) -> None:
+        """Record one answered generation request."""
+        self.metrics.answered(
+            endpoint,
+            model,
+            meta.served_by,
+            meta.latency_ms / 1000.0,
+            meta.prompt_tokens,
+            meta.completion_tokens,
+            first_token_s,
+        )
+
+    async def stats(self, tenant: str) -> StatsResponse:
+        """``GET /v1/stats``: the tenant's summary from the optimizer actor and registry."""
+        from llmvm_ray.observability.stats import collect_stats
+
+        return await collect_stats(
+            self.config, self.optimizer, lambda: self._finetunes().registry, tenant
+        )
 
     # -- completions --------------------------------------------------------------------
 
@@ -301,7 +335,7 @@ class OpenAIService:
                 else []
             )
             return await self._stream(
-                "completions",
+                "/v1/completions",
                 target,
                 seed,
                 started,
@@ -313,7 +347,7 @@ class OpenAIService:
         results = await asyncio.gather(*(handle.generate.remote(r) for r in gen_requests))
         usage = oa.usage_of(results)
         meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-        self.metrics.observe("completions", target.requested, meta)
+        self.observe("/v1/completions", target.base, meta)
         return oa.completion_response(
             response_id,
             now(),
@@ -371,7 +405,7 @@ class OpenAIService:
                 )
             ]
             return await self._stream(
-                "chat",
+                "/v1/chat/completions",
                 target,
                 seed,
                 started,
@@ -383,7 +417,7 @@ class OpenAIService:
         result = await handle.generate.remote(gen_request, messages)
         usage = oa.usage_of([result])
         meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-        self.metrics.observe("chat", target.requested, meta)
+        self.observe("/v1/chat/completions", target.base, meta)
         return oa.chat_response(response_id, now(), target, result, meta)
 
     # -- streaming ----------------------------------------------------------------------
@@ -431,7 +465,8 @@ class OpenAIService:
                     held = chunk
             usage = oa.usage_of(results)
             meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-            self.metrics.observe(endpoint, target.requested, meta, first_token_at, started)
+            ttft = None if first_token_at is None else first_token_at - started
+            self.observe(endpoint, target.base, meta, ttft)
             if held is not None:
                 held.llmvm = meta
                 yield oa.sse(held)
