@@ -16,6 +16,10 @@ Metric objects are created per process, by the classes below, in the replica or 
 records (never at import): each class is instantiated once in its owner's ``__init__``.
 Recording never raises: a metrics problem must not fail a request, a fine-tune or a batch.
 Labels stay low-cardinality: no tenants, task ids, prompts or raw request paths.
+
+Histograms: Ray (2.60) exports ``_bucket`` and ``_count`` exactly but computes ``_sum`` from
+bucket midpoints (``open_telemetry_metric_recorder.py``), so ``_sum / _count`` is only as
+precise as the buckets; use ``histogram_quantile`` over ``_bucket`` for latencies.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 FINETUNE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 # Loading an adapter (local folder or object store copy).
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# One synthesis batch: a few teacher calls to thousands.
+BATCH_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600, 14400)
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -187,7 +193,7 @@ _BUCKETS = {
     "llmvm_finetune_duration_seconds": FINETUNE_BUCKETS,
     "llmvm_finetune_queue_seconds": FINETUNE_BUCKETS,
     "llmvm_adapter_load_seconds": LOAD_BUCKETS,
-    "llmvm_synthesis_batch_seconds": FINETUNE_BUCKETS,
+    "llmvm_synthesis_batch_seconds": BATCH_BUCKETS,
 }
 
 

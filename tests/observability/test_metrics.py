@@ -296,6 +296,9 @@ def test_record_synthesis_from_a_worker(ray_session):
         assert s.value(exported_name("llmvm_synthesis_teacher_calls"), **tag) == 12
         seconds = exported_name("llmvm_synthesis_batch_seconds")
         assert s.value(f"{seconds}_count", **tag) == 1
-        assert s.value(f"{seconds}_sum", **tag) == 1.5
+        # 1.5 s lands in the (1, 5] bucket (Ray derives _sum from bucket midpoints)
+        assert s.value(f"{seconds}_bucket", le="1.0", **tag) == 0
+        assert s.value(f"{seconds}_bucket", le="5.0", **tag) == 1
+        assert 1 <= s.value(f"{seconds}_sum", **tag) <= 5
 
     wait_for_metrics(check, what="synthesis metrics")
