@@ -154,7 +154,9 @@ def test_serving_metrics_reach_prometheus(obs_app):
         assert (
             s.value(exported_name("llmvm_adapter_evictions"), **_labels(reason="lru", **model)) == 1
         )
-        assert s.value(exported_name("llmvm_adapter_load_seconds") + "_count", **model) == 2
+        assert (
+            s.value(exported_name("llmvm_adapter_load_seconds") + "_count", **_labels(**model)) == 2
+        )
         assert s.value(exported_name("llmvm_adapters_loaded"), **_labels(**model)) == 1
 
     wait_for_metrics(check, what="serving metrics")
