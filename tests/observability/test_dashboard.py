@@ -76,3 +76,9 @@ def test_every_metric_is_charted():
     charted = {name for _, expr in _exprs() for name in SERIES.findall(expr)}
     series = _series_of()
     assert {series[s] for s in charted} == set(METRICS)
+
+
+def test_docs_list_every_metric():
+    docs = (DASHBOARD.parents[1] / "observability.md").read_text()
+    missing = [exported_name(n) for n in METRICS if f"`{exported_name(n)}`" not in docs]
+    assert not missing
