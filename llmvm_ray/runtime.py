@@ -36,14 +36,13 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
         return ray.get_runtime_context()
     if config.address:
         return ray.init(address=config.address, namespace=config.namespace, **kwargs)
-    if config.metrics_export_port is not None:
-        # Every node's metrics agent serves all its processes' metrics here (Prometheus).
-        kwargs.setdefault("_metrics_export_port", config.metrics_export_port)
     return ray.init(
         namespace=config.namespace,
         num_cpus=config.num_cpus,
         include_dashboard=config.include_dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
+        # Where this node's metrics agent serves every process's metrics (Prometheus).
+        _metrics_export_port=config.metrics_export_port,
         **kwargs,
     )
