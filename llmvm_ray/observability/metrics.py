@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from llmvm_ray.protocol import LLMVMMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +249,13 @@ class _Recorder:
 
 # -- HTTP ingress -------------------------------------------------------------------------
 
+# The service names endpoints by the API they serve; metrics label them by route path.
+ROUTES = {
+    "completions": "/v1/completions",
+    "chat": "/v1/chat/completions",
+    "complete": "/v1/complete",
+}
+
 
 class ServeMetrics:
     """Requests, latency, time to first token and tokens of one ingress replica."""
@@ -259,6 +269,31 @@ class ServeMetrics:
 
     def __init__(self, application: str) -> None:
         self._r = _Recorder(self.NAMES, application=application)
+
+    def observe(
+        self,
+        endpoint: str,
+        model: str,
+        meta: LLMVMMetadata,
+        first_token_at: float | None = None,
+        started: float | None = None,
+    ) -> None:
+        """One answered generation request, as the service sees it: ``endpoint`` is the
+        API's short name (``completions``, ``chat``, ``complete``), labelled with its route
+        path like ``llmvm_requests``; ``model`` the requested model, labelled by its base
+        (adapters are counted by ``served_by``, not one label value each)."""
+        first_token_s = None
+        if first_token_at is not None and started is not None:
+            first_token_s = first_token_at - started
+        self.answered(
+            ROUTES.get(endpoint, endpoint),
+            model.partition(":")[0],
+            meta.served_by,
+            meta.latency_ms / 1000.0,
+            meta.prompt_tokens,
+            meta.completion_tokens,
+            first_token_s,
+        )
 
     def request(self, endpoint: str, model: str, status: int) -> None:
         """One HTTP request that got a response (any status)."""

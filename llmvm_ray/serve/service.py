@@ -34,7 +34,6 @@ from llmvm_ray.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    LLMVMMetadata,
     ModelCard,
     ModelList,
     StatsResponse,
@@ -159,7 +158,7 @@ class OpenAIService:
                 api_key=request.openai_key,
             )
         )
-        self.observe("/v1/complete", OPTIMIZING_MODEL, result.meta)
+        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
         return CompleteResponse(
             completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
         )
@@ -190,7 +189,7 @@ class OpenAIService:
                 finetune=request.finetune,
             )
         )
-        self.observe("/v1/completions", OPTIMIZING_MODEL, result.meta)
+        self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
         usage = Usage(
             prompt_tokens=result.meta.prompt_tokens,
             completion_tokens=result.meta.completion_tokens,
@@ -243,20 +242,6 @@ class OpenAIService:
             return model
         base = model.partition(ADAPTER_SEPARATOR)[0]
         return base if any(m.name == base for m in self.config.models) else "unknown"
-
-    def observe(
-        self, endpoint: str, model: str, meta: LLMVMMetadata, first_token_s: float | None = None
-    ) -> None:
-        """Record one answered generation request."""
-        self.metrics.answered(
-            endpoint,
-            model,
-            meta.served_by,
-            meta.latency_ms / 1000.0,
-            meta.prompt_tokens,
-            meta.completion_tokens,
-            first_token_s,
-        )
 
     async def stats(self, tenant: str) -> StatsResponse:
         """``GET /v1/stats``: the tenant's summary from the optimizer actor and registry."""
@@ -335,7 +320,7 @@ class OpenAIService:
                 else []
             )
             return await self._stream(
-                "/v1/completions",
+                "completions",
                 target,
                 seed,
                 started,
@@ -347,7 +332,7 @@ class OpenAIService:
         results = await asyncio.gather(*(handle.generate.remote(r) for r in gen_requests))
         usage = oa.usage_of(results)
         meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-        self.observe("/v1/completions", target.base, meta)
+        self.metrics.observe("completions", target.requested, meta)
         return oa.completion_response(
             response_id,
             now(),
@@ -405,7 +390,7 @@ class OpenAIService:
                 )
             ]
             return await self._stream(
-                "/v1/chat/completions",
+                "chat",
                 target,
                 seed,
                 started,
@@ -417,7 +402,7 @@ class OpenAIService:
         result = await handle.generate.remote(gen_request, messages)
         usage = oa.usage_of([result])
         meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-        self.observe("/v1/chat/completions", target.base, meta)
+        self.metrics.observe("chat", target.requested, meta)
         return oa.chat_response(response_id, now(), target, result, meta)
 
     # -- streaming ----------------------------------------------------------------------
@@ -465,8 +450,7 @@ class OpenAIService:
                     held = chunk
             usage = oa.usage_of(results)
             meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
-            ttft = None if first_token_at is None else first_token_at - started
-            self.observe(endpoint, target.base, meta, ttft)
+            self.metrics.observe(endpoint, target.requested, meta, first_token_at, started)
             if held is not None:
                 held.llmvm = meta
                 yield oa.sse(held)
