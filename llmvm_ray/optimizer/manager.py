@@ -52,6 +52,7 @@ class OptimizerActor:
         self._rng = random.Random()
         self.metrics = OptimizerMetrics(config.serve.app_name, self.opt.teacher_cost_per_1k_tokens)
         self._load()
+        self._report_tasks()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -219,9 +220,12 @@ class OptimizerActor:
                 logger.exception("optimizer background step failed")
             await asyncio.sleep(LOOP_INTERVAL_S)
 
-    async def _tick(self) -> None:
+    def _report_tasks(self) -> None:
         routes = [s.route for s in self.tasks.values()]
         self.metrics.tasks({r: routes.count(r) for r in ("teacher", "student")})
+
+    async def _tick(self) -> None:
+        self._report_tasks()
         now = time.monotonic()
         for task_id, since in list(self.buffered_since.items()):
             if now - since >= self.opt.flush_interval_s:
