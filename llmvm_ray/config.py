@@ -129,6 +129,12 @@ class RayConfig(Section):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs of a locally started Ray (default: all cores)."
     )
+    metrics_export_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Prometheus metrics port of a locally started Ray (none: Ray picks one).",
+    )
     include_dashboard: bool = Field(
         True, description="Run the dashboard with a local Ray (Ray Train's clean-up needs it)."
     )

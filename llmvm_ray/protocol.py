@@ -387,3 +387,56 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
     status: int
     resp: str
+
+
+# -- GET /v1/stats (observability) ------------------------------------------------------------
+
+
+class StatsRequests(BaseModel):
+    total: int = Field(description="Optimizing requests answered (teacher + student).")
+    teacher: int = Field(description="Answered by the teacher.")
+    student: int = Field(description="Answered by a promoted student.")
+    shadow: int = Field(description="Extra teacher calls made to check students (shadow).")
+
+
+class StatsTokens(BaseModel):
+    prompt: int = Field(description="Prompt tokens of optimizing answers (in).")
+    completion: int = Field(description="Completion tokens of optimizing answers (out).")
+    total: int
+
+
+class StatsShare(BaseModel):
+    teacher: float | None = Field(description="Share of answers by the teacher; none if 0 answers.")
+    student: float | None = Field(description="Share of answers by students; none if 0 answers.")
+
+
+class StatsTasks(BaseModel):
+    total: int
+    by_route: dict[str, int] = Field(description="Tasks currently routed to teacher / student.")
+    examples_recorded: int
+    examples_synthesized: int
+    rollbacks: int
+
+
+class StatsFinetunes(BaseModel):
+    total: int
+    by_state: dict[str, int] = Field(description="Fine-tunes by status (every status listed).")
+
+
+class StatsResponse(BaseModel):
+    """The caller's (tenant's) summary, the same whichever replica answers: read from the
+    optimizer actor and the registry, which hold the durable, cluster-wide counts."""
+
+    object: Literal["llmvm.stats"] = "llmvm.stats"
+    optimizer_enabled: bool
+    requests: StatsRequests
+    tokens: StatsTokens
+    share: StatsShare
+    teacher_calls_saved: int
+    teacher_tokens_saved: int
+    estimated_cost_saved: float = Field(
+        description="teacher_tokens_saved / 1000 x optimizer.teacher_cost_per_1k_tokens."
+    )
+    teacher_cost_per_1k_tokens: float
+    tasks: StatsTasks
+    fine_tunes: StatsFinetunes

@@ -45,6 +45,8 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
         include_dashboard=config.include_dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
+        # Where this node's metrics agent serves every process's metrics (Prometheus).
+        _metrics_export_port=config.metrics_export_port,
         **kwargs,
     )
 

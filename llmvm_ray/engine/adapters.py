@@ -21,8 +21,9 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,25 @@ BASE_ADAPTER_NAME = "__base__"  # PEFT's name for "no adapter" in adapter_names
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 SUPPORTED_PEFT_TYPES = frozenset({"LORA"})  # mixed-adapter batches are a LoRA feature
 
+# ``on_event(kind, loaded, seconds)``: kind is ``load`` or why an adapter left (``lru``,
+# ``replaced``, ``unload``); loaded is how many stay in memory; seconds the load time. The
+# serving layer turns these into metrics (the engine knows nothing of Ray).
+AdapterEventHook = Callable[[str, int, float], None]
+
 
 class AdapterManager:
     """Loads, evicts and names the adapters of one base model (see module docstring)."""
 
-    def __init__(self, base_model: Any, device: Any, max_loaded: int) -> None:
+    def __init__(
+        self,
+        base_model: Any,
+        device: Any,
+        max_loaded: int,
+        on_event: AdapterEventHook | None = None,
+    ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
+        self._on_event = on_event
         self._base = base_model
         self._device = device
         self._max_loaded = max_loaded
@@ -83,6 +96,9 @@ class AdapterManager:
 
     def unload(self, name: str) -> None:
         """Drop adapter ``name``. Idempotent: unknown names are ignored."""
+        self._unload(name, "unload")
+
+    def _unload(self, name: str, reason: str) -> None:
         if name not in self._loaded:
             return
         del self._loaded[name]
@@ -93,7 +109,16 @@ class AdapterManager:
             self._peft = None
         else:
             self._peft.delete_adapter(name)
-        logger.info("unloaded adapter %r", name)
+        logger.info("unloaded adapter %r (%s)", name, reason)
+        self._emit(reason)
+
+    def _emit(self, kind: str, seconds: float = 0.0) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, len(self._loaded), seconds)
+        except Exception:  # noqa: BLE001 - an observer must not break serving
+            logger.warning("adapter event hook failed", exc_info=True)
 
     def adapter_names(self, rows: Sequence[str | None]) -> list[str] | None:
         """The ``adapter_names`` argument for a batch whose rows use ``rows`` adapters.
@@ -119,17 +144,19 @@ class AdapterManager:
         config = _read_adapter_config(ref.path)  # validate before evicting anything
         if current is not None:
             logger.info("adapter %r moved from %s to %s: reloading", ref.name, current, ref.path)
-            self.unload(ref.name)
+            self._unload(ref.name, "replaced")
         while len(self._loaded) >= self._max_loaded:
             victim = next((n for n in self._loaded if n not in protected), None)
             if victim is None:
                 raise ValueError("every loaded adapter is in use; cannot load another")
             logger.info("evicting adapter %r (least recently used)", victim)
-            self.unload(victim)
+            self._unload(victim, "lru")
+        started = time.perf_counter()
         with _local_copy(ref.path) as folder:
             self._load_folder(ref, folder, config)
         self._loaded[ref.name] = ref.path
         logger.info("loaded adapter %r from %s", ref.name, ref.path)
+        self._emit("load", time.perf_counter() - started)
 
     def _load_folder(self, ref: AdapterRef, folder: str, config: dict[str, Any]) -> None:
         """Inject ``ref``'s LoRA layers, then load its weights.

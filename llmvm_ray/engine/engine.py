@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from llmvm_ray.engine.adapters import AdapterManager
+from llmvm_ray.engine.adapters import AdapterEventHook, AdapterManager
 from llmvm_ray.engine.guided import Guidance
 from llmvm_ray.engine.loader import load_model
 from llmvm_ray.engine.planning import PreparedRequest, RowPlan, build_rows, split_batches
@@ -55,14 +55,19 @@ logger = logging.getLogger(__name__)
 class Engine:
     """A loaded model that generates, streams, constrains and applies adapters per row."""
 
-    def __init__(self, model_config: ModelConfig) -> None:
+    def __init__(
+        self, model_config: ModelConfig, on_adapter_event: AdapterEventHook | None = None
+    ) -> None:
         self._config = model_config
         self._loaded = load_model(model_config)
         self.model_name: str = model_config.name
         self.max_model_len: int = self._loaded.max_model_len
         self._lock = threading.RLock()
         self._adapters = AdapterManager(
-            self._loaded.model, self._loaded.device, model_config.max_adapters_per_replica
+            self._loaded.model,
+            self._loaded.device,
+            model_config.max_adapters_per_replica,
+            on_event=on_adapter_event,
         )
         self._guidance = Guidance(
             self._loaded.tokenizer, self._loaded.vocab_size, self._loaded.eos_token_ids

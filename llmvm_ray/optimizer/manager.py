@@ -22,6 +22,7 @@ from typing import Any
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from llmvm_ray.errors import NotFoundError
+from llmvm_ray.observability.metrics import OptimizerMetrics
 from llmvm_ray.optimizer import scoring
 from llmvm_ray.optimizer.state import GateResult, TaskState
 from llmvm_ray.optimizer.task import TaskSpec
@@ -49,7 +50,9 @@ class OptimizerActor:
         self._finetunes = None
         self._loop: asyncio.Task | None = None
         self._rng = random.Random()
+        self.metrics = OptimizerMetrics(config.serve.app_name, self.opt.teacher_cost_per_1k_tokens)
         self._load()
+        self._report_tasks()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class OptimizerActor:
             state.holdout += split == "holdout"
             state.synthesized += row.get("source") == "synthesis"
             buffer.append({**row, "split": split, "recorded_at": time.time()})
+            self.metrics.recorded(str(row.get("source") or "teacher"))
             added += 1
         if buffer:
             self.buffered_since.setdefault(task_id, time.monotonic())
@@ -143,16 +147,20 @@ class OptimizerActor:
         self, task_id: str, by: str, prompt_tokens: int, completion_tokens: int
     ) -> None:
         state = self._task(task_id)
+        state.prompt_tokens += prompt_tokens
+        state.completion_tokens += completion_tokens
         if by == "student":
             state.student_calls += 1
             state.teacher_tokens_saved += prompt_tokens + completion_tokens
         else:
             state.teacher_calls += 1
+        self.metrics.answered(by, prompt_tokens + completion_tokens)
 
     async def shadow_result(self, task_id: str, agree: bool) -> None:
         """One shadow comparison; rolls the task back to the teacher on drift."""
         state = self._task(task_id)
         state.shadow_calls += 1
+        self.metrics.shadow(agree)
         if state.route != "student":
             return
         state.shadow.append(int(agree))
@@ -170,6 +178,7 @@ class OptimizerActor:
             # Retrain once new teacher rows arrive (growth counts from now).
             state.trained_on = min(state.trained_on, state.examples)
             state.event("rollback", agreement=agreement, adapter=state.adapter)
+            self.metrics.rollback()
         self._save(state)
 
     # -- queries -------------------------------------------------------------------------
@@ -211,7 +220,12 @@ class OptimizerActor:
                 logger.exception("optimizer background step failed")
             await asyncio.sleep(LOOP_INTERVAL_S)
 
+    def _report_tasks(self) -> None:
+        routes = [s.route for s in self.tasks.values()]
+        self.metrics.tasks({r: routes.count(r) for r in ("teacher", "student")})
+
     async def _tick(self) -> None:
+        self._report_tasks()
         now = time.monotonic()
         for task_id, since in list(self.buffered_since.items()):
             if now - since >= self.opt.flush_interval_s:
@@ -305,6 +319,7 @@ class OptimizerActor:
             self.gating.discard(run_id)
         state.active_run = None
         state.gates.append(gate)
+        self.metrics.gate(gate.passed)
         if gate.passed:
             state.route = "student"
             state.adapter = _adapter_name(state.task_id, run_id)

@@ -49,6 +49,8 @@ class TaskState(BaseModel):
     student_calls: int = 0
     shadow_calls: int = 0
     teacher_tokens_saved: int = 0
+    prompt_tokens: int = Field(0, description="Prompt tokens of answers (either route).")
+    completion_tokens: int = Field(0, description="Completion tokens of answers.")
     rollbacks: int = 0
     events: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -93,5 +95,6 @@ class TaskState(BaseModel):
             },
             "teacher_calls_saved": self.student_calls,
             "teacher_tokens_saved": self.teacher_tokens_saved,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "rollbacks": self.rollbacks,
         }

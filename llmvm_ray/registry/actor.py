@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from llmvm_ray.errors import ConflictError, InvalidRequestError, NotFoundError
+from llmvm_ray.observability.metrics import FinetuneMetrics
 from llmvm_ray.registry.records import TERMINAL, TRANSITIONS, FinetuneRun, RunStatus
 from llmvm_ray.registry.store import RunStore
 from llmvm_ray.store.fs import Storage
@@ -65,6 +66,8 @@ class RegistryActor:
         self._orphans: dict[str, float] = {}  # placement group id -> when to remove it
         self._lock = threading.RLock()
         self._runs = self._store.load_all()
+        self._metrics = FinetuneMetrics(_actor_name())
+        self._count_states()
         self._stop = threading.Event()
         self.reconcile()
         if reconcile_interval_s > 0:  # 0: no background pass (plain-object unit tests)
@@ -295,8 +298,34 @@ class RegistryActor:
     def _save(self, run: FinetuneRun) -> FinetuneRun:
         run = run.model_copy(update={"updated_at": time.time()})
         self._store.save(run)  # durable first: a crash after this line loses nothing
+        previous = self._runs.get(run.id)
         self._runs[run.id] = run
+        if previous is None or previous.status != run.status:
+            self._metrics.transition(
+                run.status.value,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.status.terminal,
+            )
+            self._count_states()
         return run
+
+    def _count_states(self) -> None:
+        """Set the runs-by-status gauge (on start and on every status change)."""
+        counts: dict[str, int] = {}
+        for r in self._runs.values():
+            counts[r.status.value] = counts.get(r.status.value, 0) + 1
+        self._metrics.counts(counts, tuple(s.value for s in RunStatus))
+
+
+def _actor_name() -> str:
+    """This registry's actor name (its metrics label), or ``local`` as a plain object."""
+    import ray
+
+    if not ray.is_initialized():
+        return "local"
+    return ray.get_runtime_context().get_actor_name() or "local"
 
 
 def _remove_placement_group(pg_id: str | None) -> None:

@@ -24,13 +24,15 @@ class ModelServer:
         import torch
 
         from llmvm_ray.engine import Engine  # heavy: torch + transformers
+        from llmvm_ray.observability.metrics import AdapterMetrics
 
         # torch's default of one thread per core thrashes as soon as anything else shares the
         # cores (measured: a 16-row batch 25 ms with 1 thread, 8.7 s with 2 under load); use
         # the CPUs this replica reserved.
         torch.set_num_threads(max(1, int(model_config.num_cpus)))
         self.config = model_config
-        self.engine = Engine(model_config)
+        self.metrics = AdapterMetrics(_application(), model_config.name)
+        self.engine = Engine(model_config, on_adapter_event=self.metrics.event)
         self.batcher = Batcher(
             self.engine.generate,
             max_batch_size=model_config.max_batch_size,
@@ -73,3 +75,13 @@ class ModelServer:
     async def check_health(self) -> None:
         """Serve's health probe: the replica is healthy while its batch loop is alive."""
         self.batcher.check()
+
+
+def _application() -> str:
+    """The Serve application this replica belongs to (a metrics label)."""
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - not inside a replica (a plain object in tests)
+        return "none"

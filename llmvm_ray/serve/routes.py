@@ -152,7 +152,9 @@ def create_app(service: OpenAIService) -> FastAPI:
         response = await call_next(request)
         # Label by route, never by raw path: unknown paths must not grow the label set.
         route = request.scope.get("route")
-        service.metrics.count(getattr(route, "path", "other"), response.status_code)
+        # Handlers that know the request's model put its label here (see ``model_label``).
+        model = getattr(request.state, "llmvm_model", "none")
+        service.metrics.request(getattr(route, "path", "other"), model, response.status_code)
         return response
 
     async def answer(call: Any) -> Response:
@@ -164,16 +166,21 @@ def create_app(service: OpenAIService) -> FastAPI:
         return JSONResponse(result.model_dump())
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, tenant: Tenant) -> Response:
+    async def completions(request: Request, body: CompletionRequest, tenant: Tenant) -> Response:
+        request.state.llmvm_model = service.model_label(body.model)
         return await answer(service.completions(body, tenant))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, tenant: Tenant) -> Response:
+    async def chat_completions(
+        request: Request, body: ChatCompletionRequest, tenant: Tenant
+    ) -> Response:
+        request.state.llmvm_model = service.model_label(body.model)
         return await answer(service.chat(body, tenant))
 
     @app.post("/v1/complete")
-    async def complete(body: CompleteRequest, tenant: Tenant) -> Response:
+    async def complete(request: Request, body: CompleteRequest, tenant: Tenant) -> Response:
         """LLM-VM's completion call, through the optimizer."""
+        request.state.llmvm_model = service.model_label("llmvm")
         return await answer(service.complete(body, tenant))
 
     @app.get("/v1/models")
@@ -212,8 +219,13 @@ def create_app(service: OpenAIService) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+    @app.get("/v1/stats")
+    async def stats(tenant: Tenant) -> Response:
+        """The caller's summary: requests, tokens, teacher/student share, savings,
+        fine-tunes by state, tasks by route (see ``observability/stats.py``)."""
+        return JSONResponse((await service.stats(tenant)).model_dump())
+
+    # No ``/metrics`` here: Ray's metrics agent exports every replica's and actor's metrics
+    # on each node's metrics export port (see ``observability/metrics.py``).
 
     return app

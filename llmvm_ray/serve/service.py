@@ -21,6 +21,7 @@ from llmvm_ray.errors import (
     NotImplementedByServerError,
     ServiceUnavailableError,
 )
+from llmvm_ray.observability.metrics import ServeMetrics
 from llmvm_ray.optimizer.router import OptimizeCall, OptimizingService
 from llmvm_ray.protocol import (
     AssistantMessage,
@@ -37,12 +38,12 @@ from llmvm_ray.protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    StatsResponse,
     Usage,
     new_id,
     now,
 )
 from llmvm_ray.serve import openai_api as oa
-from llmvm_ray.serve.metrics import ServeMetrics
 
 ADAPTER_SEPARATOR = ":"
 
@@ -75,7 +76,7 @@ class OpenAIService:
         self.optimizing = (
             OptimizingService(config, replicas, optimizer) if optimizer is not None else None
         )
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(config.serve.app_name)
         self.created = now()
         self._finetune_service: Any = None
 
@@ -290,6 +291,24 @@ class OpenAIService:
         if self.optimizer is None:
             raise ServiceUnavailableError("the optimizer is not running in this deployment")
         return await self.optimizer.get_task.remote(tenant, task_id)
+
+    # -- observability ------------------------------------------------------------------
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` metric label of a request: its base model if configured (never the
+        raw string a client sent, which would grow the label set without bound)."""
+        if model == OPTIMIZING_MODEL:
+            return model
+        base = model.partition(ADAPTER_SEPARATOR)[0]
+        return base if any(m.name == base for m in self.config.models) else "unknown"
+
+    async def stats(self, tenant: str) -> StatsResponse:
+        """``GET /v1/stats``: the tenant's summary from the optimizer actor and registry."""
+        from llmvm_ray.observability.stats import collect_stats
+
+        return await collect_stats(
+            self.config, self.optimizer, lambda: self._finetunes().registry, tenant
+        )
 
     # -- completions --------------------------------------------------------------------
 

@@ -173,3 +173,27 @@ def test_missing_or_invalid_adapters_are_rejected(
     assert fresh_engine.loaded_adapters() == []
     fresh_engine.generate([req("ok", max_tokens=2, adapter=ref(lora_adapters, "alpha"))])
     assert fresh_engine.loaded_adapters() == ["alpha"]
+
+
+def test_adapter_events_reach_the_hook(tiny_llama: Path, lora_adapters: dict[str, Path]) -> None:
+    """Loads and every way an adapter leaves are reported (the replica's metrics use them)."""
+    events: list[tuple[str, int]] = []
+    engine = Engine(
+        model_config(Path(tiny_llama), max_adapters_per_replica=2),
+        on_adapter_event=lambda kind, loaded, seconds: events.append((kind, loaded)),
+    )
+    engine.load_adapter(ref(lora_adapters, "alpha"))
+    engine.load_adapter(ref(lora_adapters, "beta"))
+    engine.generate([req("g", temperature=0, max_tokens=2, adapter=ref(lora_adapters, "gamma"))])
+    engine.load_adapter(ref(lora_adapters, "alpha", as_name="gamma"))  # new path, same name
+    engine.unload_adapter("beta")
+    engine.unload_adapter("beta")  # idempotent: nothing more to report
+    assert events == [
+        ("load", 1),
+        ("load", 2),
+        ("lru", 1),  # alpha, least recently used, makes room for gamma
+        ("load", 2),
+        ("replaced", 1),
+        ("load", 2),
+        ("unload", 1),
+    ]

@@ -1,5 +1,5 @@
 """Bad input gets a 4xx with an OpenAI-shaped JSON error naming the field: never a 500 or a
-hang. Also auth, health and metrics."""
+hang. Also auth and health."""
 
 from __future__ import annotations
 
@@ -133,11 +133,7 @@ def test_openai_client_sees_typed_errors(client):
     assert info.value.param == "max_tokens"
 
 
-def test_health_and_metrics(service, client):
+def test_health(service):
+    # Metrics are exported by Ray's metrics agents (tests/observability), not by the app.
     url, _ = service
     assert httpx.get(url + "/healthz", timeout=30).json() == {"status": "ok"}
-    client.completions.create(model="tiny", prompt="x", max_tokens=2)
-    text = httpx.get(url + "/metrics", timeout=30).text
-    assert 'llmvm_requests_total{endpoint="/v1/completions",status="200"}' in text
-    assert "llmvm_request_latency_seconds_bucket" in text
-    assert 'llmvm_tokens_total{kind="completion",model="tiny"}' in text

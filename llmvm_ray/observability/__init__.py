@@ -1,0 +1,1 @@
+"""What the system is doing: Prometheus metrics through Ray's metrics API, ``/v1/stats``."""
