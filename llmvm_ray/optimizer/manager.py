@@ -190,13 +190,13 @@ class OptimizerActor:
             raise NotFoundError(f"task '{task_id}' does not exist", param="task_id") from None
 
     async def list_tasks(self, tenant: str) -> list[dict[str, Any]]:
-        return [s.summary() for s in self.tasks.values() if s.tenant == tenant]
+        return [self._view(s) for s in self.tasks.values() if s.tenant == tenant]
 
     async def get_task(self, tenant: str, task_id: str) -> dict[str, Any]:
         state = self.tasks.get(task_id)
         if state is None or state.tenant != tenant:  # another tenant's task does not exist
             raise NotFoundError(f"task '{task_id}' does not exist", param="task_id")
-        return {**state.summary(), "events": list(state.events)}
+        return {**self._view(state), "events": list(state.events)}
 
     async def adapters(self, tenant: str) -> list[dict[str, str]]:
         """Promoted students visible to ``tenant`` (for ``/v1/models``)."""
@@ -254,12 +254,33 @@ class OptimizerActor:
         self._save(state)
 
     def _wants_training(self, state: TaskState) -> bool:
+        return self._training_blocker(state) is None
+
+    def _training_blocker(self, state: TaskState) -> str | None:
+        """What the next fine-tune waits for, in words (None: it is due)."""
+        if state.active_run:
+            return f"fine-tune {state.active_run} to finish"
         train_rows = state.examples - state.holdout
-        if train_rows < self.opt.min_train_examples or state.holdout < self.opt.min_holdout:
-            return False
-        if state.trained_on == 0:
-            return True
-        return state.examples >= state.trained_on * self.opt.retrain_growth
+        if train_rows < self.opt.min_train_examples:
+            return (
+                f"{self.opt.min_train_examples - train_rows} more training examples "
+                f"({train_rows} of min_train_examples {self.opt.min_train_examples})"
+            )
+        if state.holdout < self.opt.min_holdout:
+            return (
+                f"{self.opt.min_holdout - state.holdout} more held-out examples "
+                f"({state.holdout} of min_holdout {self.opt.min_holdout}; holdout_fraction "
+                f"{self.opt.holdout_fraction} of the recorded examples are held out)"
+            )
+        if state.trained_on and state.examples < state.trained_on * self.opt.retrain_growth:
+            return (
+                f"{state.examples} of {state.trained_on * self.opt.retrain_growth:.0f} examples "
+                f"(retrain_growth {self.opt.retrain_growth}x the last run's {state.trained_on})"
+            )
+        return None
+
+    def _view(self, state: TaskState) -> dict[str, Any]:
+        return {**state.summary(), "next_fine_tune_waits_for": self._training_blocker(state)}
 
     def _rows(self, state: TaskState) -> list[dict[str, Any]]:
         path = datasets.dataset_path(state.tenant, state.task_id)

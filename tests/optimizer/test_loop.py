@@ -237,6 +237,8 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
     meta = first["llmvm"]
     assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
     task_id = meta["task_id"]
+    waits_for = wait_for(lambda: a.task(task_id)["next_fine_tune_waits_for"], what="a reason")
+    assert "more training examples" in waits_for, waits_for
     oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
     r = oa.completions.create(
         model="llmvm",
