@@ -1,4 +1,4 @@
-"""Deploy or update the Serve app as a Ray job: ``ray job submit -- python jobs/deploy.py --config F``.
+"""Deploy or update the Serve app: ``ray job submit -- python jobs/deploy.py --config F``.
 
 Builds the same application as ``llmvm serve`` from the same config file, submits it to
 Serve's controller and prints progress until every deployment is healthy. The app then

@@ -134,10 +134,16 @@ def model_ids(port: int) -> list[str]:
     return sorted(m["id"] for m in r.json()["data"])
 
 
-def test_deploy_job_deploys_updates_and_deletes_the_app(jobs, setup):
-    port = setup["port"]
-    status, logs = finish(jobs, submit(jobs, f"python jobs/deploy.py --config {setup['one']}"))
+def deploy(jobs, config: Path, *flags: str) -> str:
+    cmd = " ".join(["python jobs/deploy.py --config", str(config), *flags])
+    status, logs = finish(jobs, submit(jobs, cmd))
     assert status == "SUCCEEDED", logs
+    return logs
+
+
+def test_deploy_job_deploys_then_deletes_the_app(jobs, setup):
+    port = setup["port"]
+    logs = deploy(jobs, setup["one"])
     assert "deploying app 'ops-test'" in logs and "is RUNNING at" in logs
     assert model_ids(port) == ["tiny"]
     r = httpx.post(
@@ -147,16 +153,21 @@ def test_deploy_job_deploys_updates_and_deletes_the_app(jobs, setup):
     )
     assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
 
-    # The same job with a changed config updates the running app in place.
-    status, logs = finish(jobs, submit(jobs, f"python jobs/deploy.py --config {setup['two']}"))
-    assert status == "SUCCEEDED", logs
+    logs = deploy(jobs, setup["one"], "--delete")
+    assert "app 'ops-test' deleted" in logs
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 404
+
+
+@pytest.mark.slow
+def test_deploy_job_updates_the_running_app_in_place(jobs, setup):
+    """The same job with a changed config (a second model) updates the app (~1 min)."""
+    port = setup["port"]
+    deploy(jobs, setup["one"])
+    assert model_ids(port) == ["tiny"]
+    logs = deploy(jobs, setup["two"])
     assert "updating app 'ops-test'" in logs
     assert model_ids(port) == ["tiny", "tiny2"]
-
-    cmd = f"python jobs/deploy.py --config {setup['two']} --delete"
-    status, logs = finish(jobs, submit(jobs, cmd))
-    assert status == "SUCCEEDED" and "deleted" in logs, logs
-    assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 404
+    deploy(jobs, setup["two"], "--delete")
 
 
 def test_deploy_job_fails_on_a_bad_config(jobs, setup):
