@@ -23,16 +23,19 @@ import time
 from llmvm_ray.config import load_config
 from llmvm_ray.errors import LLMVMError
 from llmvm_ray.runtime import init_ray
-from llmvm_ray.serve.rollout import EXIT_BAD_CONFIG, delete_app, rollout
+from llmvm_ray.serve.rollout import EXIT_BAD_CONFIG, EXIT_STOPPED, delete_app, rollout
 
 
 def _log(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
-def _stop_flag() -> threading.Event:
-    """SIGTERM (``ray job stop``) and SIGINT only set a flag; the rollout loop acts on it."""
-    stop = threading.Event()
+def _catch_stops(stop: threading.Event) -> None:
+    """SIGTERM (``ray job stop``) and SIGINT only set a flag; the rollout loop acts on it.
+
+    Installed twice: before connecting, and again after, because ``ray.init`` replaces the
+    SIGTERM handler with Ray's own, which ends the process at once.
+    """
 
     def handle(signum: int, _frame: object) -> None:
         _log(f"received signal {signum}")
@@ -40,7 +43,6 @@ def _stop_flag() -> threading.Event:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handle)
-    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete", action="store_true", help="Remove the app instead")
     args = parser.parse_args(argv)
 
-    stop = _stop_flag()
+    stop = threading.Event()
+    _catch_stops(stop)
     try:
         config = load_config(args.config)
         if not args.delete:
@@ -62,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except LLMVMError as exc:
         print(exc.message, file=sys.stderr, flush=True)
         return EXIT_BAD_CONFIG
+    if stop.is_set():
+        return EXIT_STOPPED
     # Inside a Ray job RAY_ADDRESS names the cluster; 'auto' picks it up.
     init_ray(config.ray.model_copy(update={"address": config.ray.address or "auto"}))
+    _catch_stops(stop)
     if args.delete:
         result = delete_app(config, _log)
     else:

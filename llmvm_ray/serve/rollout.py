@@ -127,7 +127,9 @@ def _stop(app_name: str, created: bool, echo: Callable[[str], None]) -> RolloutR
 
     if created:
         echo(f"stopping: deleting the app {app_name!r} this job created")
-        serve.delete(app_name)
+        # Not blocking: Ray's job stop SIGKILLs 3 s after SIGTERM, and the controller
+        # finishes the delete on its own once asked.
+        serve.delete(app_name, _blocking=False)
         return RolloutResult("STOPPED", "deleted the partly deployed app", rolled_back=True)
     echo(f"stopping: the update of {app_name!r} keeps converging in Serve's controller")
     return RolloutResult("STOPPED", "update left to Serve's controller")

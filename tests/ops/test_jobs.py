@@ -176,6 +176,36 @@ def test_deploy_job_fails_on_a_bad_config(jobs, setup):
     assert "no models configured" in logs
 
 
+def test_ray_job_stop_during_a_deploy_removes_the_new_app(jobs, head, setup, tmp_path):
+    """A deploy that cannot finish (its model asks for more CPUs than the cluster has) is
+    stopped; the app it created is deleted again, not left DEPLOYING forever."""
+    config = tmp_path / "stuck.toml"
+    text = setup["one"].read_text()
+    text = text.replace('app_name = "ops-test"', 'app_name = "ops-stuck"\nroute_prefix = "/stuck"')
+    config.write_text(text.replace("num_cpus = 0.25", "num_cpus = 64"))  # never placeable
+    job_id = submit(jobs, f"python jobs/deploy.py --config {config}")
+    wait_for(
+        lambda: (
+            "deploying app 'ops-stuck'" in jobs.get_job_logs(job_id)
+            and "ops-stuck" in _serve_apps(head)
+        ),
+        120,
+        "the app to exist",
+    )
+    jobs.stop_job(job_id)
+    status, logs = finish(jobs, job_id, timeout_s=60)
+    assert status == "STOPPED", logs
+    assert "deleting the app 'ops-stuck' this job created" in logs
+    wait_for(lambda: "ops-stuck" not in _serve_apps(head), 60, "the app to be deleted")
+
+
+def _serve_apps(head) -> dict:
+    """Serve's applications, from the dashboard's REST API (what `serve status` reads)."""
+    r = httpx.get(f"{head.dashboard_url}/api/serve/applications/", timeout=30)
+    r.raise_for_status()
+    return r.json().get("applications") or {}
+
+
 def test_finetune_job_is_cancelled_by_ray_job_stop(jobs, head, setup):
     from ray.util.state import list_actors, list_placement_groups
 
