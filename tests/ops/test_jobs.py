@@ -225,6 +225,7 @@ def test_finetune_job_is_cancelled_by_ray_job_stop(jobs, head, setup):
     jobs.stop_job(job_id)
     status, logs = finish(jobs, job_id, timeout_s=60)
     assert status == "STOPPED", logs
+    assert f"{run_id}: cancelling (signal 15)" in logs  # the job's own handler acted
 
     # The registry (asked through another job) records the run as cancelled, checkpoint kept.
     cmd = f"python -m llmvm_ray.train.cli show {run_id} --config {setup['one']}"
