@@ -252,6 +252,24 @@ def test_finetune_job_is_cancelled_by_ray_job_stop(jobs, head, setup):
     wait_for(released, 60, "actors and placement groups released")
 
 
+@pytest.mark.slow
+def test_finetune_job_succeeds_and_exits_zero(jobs, setup):
+    """A short run to completion: exit 0 (SUCCEEDED), the adapter in storage (~1 min)."""
+    status, logs = finish(
+        jobs,
+        submit(
+            jobs,
+            f"python jobs/finetune.py --config {setup['one']} --dataset datasets/default/date "
+            f"--base-model {setup['model']} --task-id date -p max_steps=4",
+        ),
+        timeout_s=300,
+    )
+    assert status == "SUCCEEDED", logs
+    run = json.loads(logs[logs.rindex('{\n "id"') :].split("\n}\n")[0] + "\n}")
+    assert run["status"] == "SUCCEEDED" and run["origin"] == "job"
+    assert Path(run["output_path"]).is_dir()
+
+
 def _cancelled(jobs, cmd: str) -> dict | None:
     status, logs = finish(jobs, submit(jobs, cmd), timeout_s=60)
     assert status == "SUCCEEDED", logs
