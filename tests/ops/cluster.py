@@ -49,6 +49,8 @@ def cluster_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_WAIT_POLICY="PASSIVE",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1",
+        # As cluster/*.yaml set it: `ray job stop` leaves time for a cooperative cancel.
+        RAY_JOB_STOP_WAIT_TIME_S="30",
         # `python` in a job's entrypoint is this interpreter, as on a node where it is installed.
         PATH=os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))),
         # Workers import the package from this checkout (an installed copy would also do).

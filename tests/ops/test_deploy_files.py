@@ -65,6 +65,8 @@ def test_launcher_yaml_installs_this_project_and_points_at_its_config(name):
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = " ".join(config[key])
         assert "RAY_AUTH_MODE=disabled" in start  # the same on every Ray process
+        if key.startswith("head"):  # jobs get time to cancel cooperatively on `ray job stop`
+            assert int(re.search(r"RAY_JOB_STOP_WAIT_TIME_S=(\d+)", start).group(1)) >= 30
         config_path = re.search(r"LLMVM_CONFIG=(\S+)", start).group(1)
         rel = next(config_path[len(p) :] for p in NODE_CHECKOUTS if config_path.startswith(p))
         assert (REPO / rel).is_file(), config_path

@@ -231,6 +231,7 @@ def test_finetune_job_is_cancelled_by_ray_job_stop(jobs, head, setup):
     cmd = f"python -m llmvm_ray.train.cli show {run_id} --config {setup['one']}"
     run = wait_for(lambda: _cancelled(jobs, cmd), 60, "registry says CANCELLED")
     assert run["origin"] == "job" and run["checkpoint_path"]
+    assert run["cancel_mode"] == "cooperative"  # stopped itself, well within the wait time
     assert Path(run["checkpoint_path"]).is_dir()
 
     # Nothing of the run is left on the cluster: workers, supervisor, placement group.
