@@ -23,7 +23,13 @@ import time
 from llmvm_ray.config import load_config
 from llmvm_ray.errors import LLMVMError
 from llmvm_ray.runtime import init_ray
-from llmvm_ray.serve.rollout import EXIT_BAD_CONFIG, EXIT_STOPPED, delete_app, rollout
+from llmvm_ray.serve.rollout import (
+    EXIT_BAD_CONFIG,
+    EXIT_FAILED,
+    EXIT_STOPPED,
+    delete_app,
+    rollout,
+)
 
 
 def _log(line: str) -> None:
@@ -70,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     # Inside a Ray job RAY_ADDRESS names the cluster; 'auto' picks it up.
     init_ray(config.ray.model_copy(update={"address": config.ray.address or "auto"}))
     _catch_stops(stop)
-    if args.delete:
-        result = delete_app(config, _log)
-    else:
-        result = rollout(config, _log, stop.is_set, timeout_s=args.timeout_s)
+    try:
+        if args.delete:
+            result = delete_app(config, _log)
+        else:
+            result = rollout(config, _log, stop.is_set, timeout_s=args.timeout_s)
+    except Exception as exc:  # noqa: BLE001 - e.g. Serve refusing the app: say so, exit 1
+        _log(f"FAILED: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
     if result.outcome not in ("RUNNING", "DELETED"):
         _log(f"{result.outcome}: {result.message}")
     return result.exit_code
