@@ -199,6 +199,20 @@ def test_ray_job_stop_during_a_deploy_removes_the_new_app(jobs, head, setup, tmp
     wait_for(lambda: "ops-stuck" not in _serve_apps(head), 60, "the app to be deleted")
 
 
+@pytest.mark.slow
+def test_deploy_job_exits_one_when_the_deploy_fails(jobs, setup, tmp_path):
+    """A model folder that is not there: every replica fails to start, Serve gives up after
+    its retries (DEPLOY_FAILED) and so does the job, with exit code 1 (~1 min)."""
+    config = tmp_path / "broken.toml"
+    text = setup["one"].read_text().replace('app_name = "ops-test"', 'app_name = "ops-broken"')
+    text = text.replace(f'"{setup["model"]}"', json.dumps(str(tmp_path / "no-such-model")))
+    config.write_text(text.replace("[serve]", '[serve]\nroute_prefix = "/broken"'))
+    status, logs = finish(jobs, submit(jobs, f"python jobs/deploy.py --config {config}"), 300)
+    assert status == "FAILED", logs
+    assert "DEPLOY_FAILED" in logs
+    deploy(jobs, config, "--delete")
+
+
 def _serve_apps(head) -> dict:
     """Serve's applications, from the dashboard's REST API (what `serve status` reads)."""
     r = httpx.get(f"{head.dashboard_url}/api/serve/applications/", timeout=30)
