@@ -68,18 +68,34 @@ def _words(line: str) -> list[str]:
         return line.split()
 
 
-def check_llmvm(words: list[str]) -> list[str]:
-    """``words`` start after ``llmvm``; alternatives ``a|b`` are checked one by one."""
-    command = cli()
+@cache
+def ray_cli(name: str):
+    """Ray's own click groups: ``ray`` and ``serve``."""
+    if name == "ray":
+        from ray.scripts.scripts import cli as ray_cli_group
+
+        return ray_cli_group
+    from ray.serve.scripts import cli as serve_cli_group
+
+    return serve_cli_group
+
+
+def check_llmvm(words: list[str], program: str = "llmvm") -> list[str]:
+    """``words`` start after the program; alternatives ``a|b`` are checked one by one."""
+    command = cli() if program == "llmvm" else ray_cli(program)
+    if "--" in words:
+        words = words[: words.index("--")]  # what follows is the job's own command line
     for i, word in enumerate(words):
         if not hasattr(command, "commands"):
-            return _check_options(command, words[i:], "llmvm")
+            return _check_options(command, words[i:], program)
         if word.startswith("-"):
+            if program != "llmvm":  # `ray`/`serve` take group options (checked loosely)
+                continue
             return [f"llmvm: {word!r} before a sub-command"]
         names = word.split("|")
         missing = [n for n in names if n not in command.commands]
         if missing:
-            return [f"llmvm: no sub-command {missing} under {command.name!r}"]
+            return [f"{program}: no sub-command {missing} under {command.name!r}"]
         if len(names) > 1:
             return []  # `finetune start|list|show`: each exists; options are per command
         command = command.commands[word]
@@ -174,9 +190,14 @@ def problems(text: str, base: Path) -> tuple[list[str], int]:
             words = _words(line)
             for i, word in enumerate(words):
                 prev = words[i - 1] if i else ""
-                if word == "llmvm" and i + 1 < len(words) and prev in ("", "&&", ";", "|"):
+                if (
+                    word in ("llmvm", "ray", "serve")
+                    and i + 1 < len(words)
+                    and prev in ("", "&&", ";", "|", "-")
+                    and not words[i + 1].startswith(("(", "."))
+                ):
                     checked += 1
-                    found += check_llmvm(words[i + 1 :])
+                    found += check_llmvm(words[i + 1 :], word)
                 elif word == "python" and prev in ("", "--", "&&", ";"):
                     checked += 1
                     found += check_python(words[i + 1 :])
@@ -215,6 +236,7 @@ def test_everything_a_page_names_exists(page):
 def test_the_checker_catches_what_does_not_exist():
     text = (
         "Run `llmvm serve --port 1 --colour red` then `llmvm frobnicate`,\n"
+        "`ray job submit --wrking-dir . -- python jobs/deploy.py` and `serve deplo x.yaml`\n"
         "```bash\nray job submit -- python jobs/deploy.py --nope\npython jobs/missing.py\n"
         "make nothing\n```\n"
         "See `cluster/azure.yaml`, `llmvm_ray.serve.builder:no_builder`, "
@@ -233,12 +255,15 @@ def test_the_checker_catches_what_does_not_exist():
         "NoClient",
         "nowhere.md",
         "Missing",
+        "--wrking-dir",
+        "deplo",
     ]
     for needle in expected:
         assert any(needle in f for f in found), (needle, found)
     ok, _ = problems(
         "`llmvm finetune start --wait -p lr=1` `python jobs/deploy.py --delete` "
-        "`llmvm_ray.serve.builder:app_builder` `make demo`",
+        "`llmvm_ray.serve.builder:app_builder` `make demo` `ray job logs --follow x` "
+        "`serve deploy cluster/serve.yaml --address http://h:8265`",
         REPO / "docs",
     )
     assert ok == []
