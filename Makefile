@@ -42,6 +42,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/llmvm config docs
+	$(BIN)/llmvm docs openapi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/serve.py

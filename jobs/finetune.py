@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Inside a Ray job RAY_ADDRESS names the cluster; 'auto' picks it up.
     init_ray(config.ray.model_copy(update={"address": config.ray.address or "auto"}))
+    # Until ``follow`` takes over, a stop is only noted (``ray.init`` installed a SIGTERM
+    # handler that would end the process at once, losing the run just being registered).
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     service = FinetuneService(config)
     try:
         run = service.create(
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{type(exc).__name__} ({exc.param}): {exc.message}", file=sys.stderr)
         return 2
     print(f"fine-tune {run.id} registered", flush=True)
+    if early:
+        print(f"{run.id}: cancelling (signal {early[0]} while registering)", flush=True)
+        service.cancel(run.id)
     final = follow(service, run.id, echo=lambda line: print(line, flush=True))
     print(final.model_dump_json(indent=1), flush=True)
     return EXIT_CODES.get(final.status, 1)

@@ -31,6 +31,8 @@ dev_app = typer.Typer(help="Developer tools (tiny offline models).", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
 app.add_typer(finetune_app, name="finetune")
+docs_app = typer.Typer(help="Generate the published docs artifacts.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
 
 ConfigOption = Annotated[
     Path | None,
@@ -206,6 +208,25 @@ def config_docs(
     if check:
         if not output.exists() or output.read_text() != text:
             _console().print(f"[red]{output} is stale: run `llmvm config docs`[/red]")
+            raise typer.Exit(1)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    _console().print(f"wrote {output}")
+
+
+@docs_app.command("openapi")
+def docs_openapi(
+    output: Annotated[Path, typer.Option(help="Where to write.")] = Path("docs/openapi.json"),
+    check: Annotated[bool, typer.Option(help="Fail if the file is stale.")] = False,
+) -> None:
+    """Export the HTTP API's OpenAPI document (from the FastAPI app itself)."""
+    from llmvm_ray.serve.openapi import render
+
+    text = render()
+    if check:
+        if not output.exists() or output.read_text() != text:
+            _console().print(f"[red]{output} is stale: run `llmvm docs openapi`[/red]")
             raise typer.Exit(1)
         return
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,149 @@
+"""Deploying (or updating) the Serve app on a running cluster and watching it converge.
+
+Used by ``jobs/deploy.py`` (``ray job submit``). ``llmvm serve`` keeps its own foreground
+runner (``serve/deploy.py``), which owns the app's lifetime; here the app outlives the
+process: Serve's controller owns it, and this code only submits the target and reports
+until every deployment is healthy, failed, or the caller gives up.
+
+Why poll ``serve.status()`` instead of ``serve.run(..., blocking)``: a blocking deploy can
+be neither observed (no progress lines in the job log) nor cancelled from a signal handler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmvm_ray.config import Config
+
+# Exit codes of the deploy job, shared with its tests and docs.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+EXIT_STOPPED = 130
+
+
+@dataclass
+class RolloutResult:
+    """How a rollout ended: ``RUNNING``, ``DEPLOY_FAILED``, ``UNHEALTHY``, ``TIMEOUT``,
+    ``STOPPED`` (the caller asked to stop) or ``DELETED``."""
+
+    outcome: str
+    message: str = ""
+    rolled_back: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome in ("RUNNING", "DELETED"):
+            return EXIT_OK
+        if self.outcome == "STOPPED":
+            return EXIT_STOPPED
+        return EXIT_FAILED
+
+
+def app_url(config: Config) -> str:
+    """Where clients reach the app (the proxy's bind address; 0.0.0.0 means any node)."""
+    s = config.serve
+    host = "<node-ip>" if s.host in ("0.0.0.0", "::") else s.host
+    return f"http://{host}:{s.port}{s.route_prefix.rstrip('/')}/v1"
+
+
+def describe_app(app: Any) -> str:
+    """One progress line: the app's status and each deployment's replica states."""
+    parts = [str(getattr(app.status, "value", app.status))]
+    for name, dep in sorted(app.deployments.items()):
+        states = ", ".join(
+            f"{getattr(k, 'value', k)} {v}" for k, v in sorted(dep.replica_states.items())
+        )
+        parts.append(f"{name}: {getattr(dep.status, 'value', dep.status)} ({states or '-'})")
+    return " | ".join(parts)
+
+
+def _app_status(name: str) -> Any | None:
+    from ray import serve
+
+    return serve.status().applications.get(name)
+
+
+def rollout(
+    config: Config,
+    echo: Callable[[str], None],
+    should_stop: Callable[[], bool],
+    timeout_s: float,
+    poll_s: float = 1.0,
+) -> RolloutResult:
+    """Submit ``build_app(config)`` and wait until it is RUNNING (needs a connected Ray).
+
+    A stop before that point undoes what this call started when it can: a brand-new app is
+    deleted again; an update is left to converge (Serve keeps the old replicas serving until
+    the new ones are healthy, and there is no earlier target to return to).
+    """
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    from llmvm_ray.serve.builder import build_app
+
+    s = config.serve
+    app = build_app(config)
+    before = _app_status(s.app_name)
+    echo(
+        f"{'updating' if before is not None else 'deploying'} app {s.app_name!r} "
+        f"({len(config.models)} model(s): {', '.join(m.name for m in config.models)})"
+    )
+    serve.start(http_options={"host": s.host, "port": s.port})
+    # The controller sets the app to DEPLOYING before this call returns, so every status read
+    # afterwards is about the new target, never the old version's RUNNING.
+    serve.run_many(
+        [RunTarget(target=app, name=s.app_name, route_prefix=s.route_prefix)],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        status = _app_status(s.app_name)
+        if status is not None:
+            line = describe_app(status)
+            if line != last:
+                echo(line)
+                last = line
+            value = getattr(status.status, "value", status.status)
+            if value == "RUNNING":
+                echo(f"app {s.app_name!r} is RUNNING at {app_url(config)}")
+                return RolloutResult("RUNNING")
+            if value in ("DEPLOY_FAILED", "UNHEALTHY"):
+                return RolloutResult(value, status.message)
+        if should_stop():
+            return _stop(s.app_name, created=before is None, echo=echo)
+        if time.monotonic() > deadline:
+            return RolloutResult("TIMEOUT", f"not RUNNING after {timeout_s:g}s")
+        time.sleep(poll_s)
+
+
+def _stop(app_name: str, created: bool, echo: Callable[[str], None]) -> RolloutResult:
+    from ray import serve
+
+    if created:
+        echo(f"stopping: deleting the app {app_name!r} this job created")
+        # Not blocking: Ray's job stop SIGKILLs 3 s after SIGTERM, and the controller
+        # finishes the delete on its own once asked.
+        serve.delete(app_name, _blocking=False)
+        return RolloutResult("STOPPED", "deleted the partly deployed app", rolled_back=True)
+    echo(f"stopping: the update of {app_name!r} keeps converging in Serve's controller")
+    return RolloutResult("STOPPED", "update left to Serve's controller")
+
+
+def delete_app(config: Config, echo: Callable[[str], None]) -> RolloutResult:
+    """Remove the app (a no-op when it is not deployed)."""
+    from ray import serve
+
+    name = config.serve.app_name
+    if _app_status(name) is None:
+        echo(f"app {name!r} is not deployed")
+        return RolloutResult("DELETED", "not deployed")
+    echo(f"deleting app {name!r}")
+    serve.delete(name)
+    echo(f"app {name!r} deleted")
+    return RolloutResult("DELETED")
