@@ -384,6 +384,22 @@ class CompleteResponse(BaseModel):
     status: int = 200
     finish_reason: Literal["stop", "length"] | str = "stop"
     llmvm: LLMVMMetadata
+    agent: dict[str, Any] | None = Field(
+        None, description="With `tools`: the REBEL agent's full trace (an `AgentResult`)."
+    )
+
+
+class AgentRunRequest(_Request):
+    """``POST /v1/agents/runs``: answer ``question`` with one of the agents and ``tools``."""
+
+    agent: Literal["rebel", "backward", "flat"] = "rebel"
+    question: str = Field(..., min_length=1, max_length=4000)
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    big_model: str | None = Field(None, description="Teacher of the decision steps.")
+    small_model: str | None = Field(None, description="Student of the decision steps.")
+    finetune: StrictBool | None = Field(
+        None, description="Record the decision steps for distillation (default: config)."
+    )
 
 
 class ModelCard(BaseModel):

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -218,3 +219,46 @@ class OpenAIModel:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+class ModelSpec(BaseModel):
+    """Which ``AgentModel`` to build: plain data, so it can travel to an agent actor."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["service", "openai", "local"] = Field(
+        "service", description="service: /v1/complete; openai: any completions API; local."
+    )
+    url: str | None = Field(None, description="Base URL (service: the llmvm server).")
+    api_key: str | None = Field(None, description="Bearer key for the endpoint.")
+    big_model: str | None = Field(None, description="Teacher of the optimizing path.")
+    small_model: str | None = Field(None, description="Student of the optimizing path.")
+    model: str | None = Field(None, description="Model name of an OpenAI-compatible API.")
+    path: str | None = Field(None, description="Folder of a local step model.")
+    finetune: bool = Field(True, description="Record decision steps for distillation.")
+    timeout_s: float = Field(60.0, gt=0)
+
+    def key(self) -> str:
+        return self.model_dump_json()
+
+
+def build_model(spec: ModelSpec) -> AgentModel:
+    if spec.kind == "service":
+        if not spec.url:
+            raise ValueError("a service model needs its url")
+        return ServiceModel(
+            spec.url,
+            api_key=spec.api_key,
+            big_model=spec.big_model,
+            small_model=spec.small_model,
+            finetune=spec.finetune,
+            timeout_s=spec.timeout_s,
+        )
+    if spec.kind == "openai":
+        if not spec.url or not spec.model:
+            raise ValueError("an openai model needs url and model")
+        return OpenAIModel(spec.url, spec.model, api_key=spec.api_key, timeout_s=spec.timeout_s)
+    if not spec.path:
+        raise ValueError("a local model needs its path")
+    from llmvm_ray.agents.bench.offline import LocalStepModel
+
+    return LocalStepModel(spec.path)
