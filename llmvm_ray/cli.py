@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from llmvm_ray.agents.cli import agent_app
 from llmvm_ray.config import Config, load_config, render_reference
 from llmvm_ray.errors import ConfigError
 from llmvm_ray.train.cli import finetune_app
@@ -31,6 +32,7 @@ dev_app = typer.Typer(help="Developer tools (tiny offline models).", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(agent_app, name="agent")
 
 ConfigOption = Annotated[
     Path | None,
