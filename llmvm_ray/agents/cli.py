@@ -37,6 +37,17 @@ def _err() -> Console:
     return Console(stderr=True)
 
 
+def _load(path: Path | None) -> Any:
+    from llmvm_ray.config import load_config
+    from llmvm_ray.errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _err().print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+
+
 def _check_agent(name: str) -> str:
     if name not in AGENT_NAMES:
         raise typer.BadParameter(f"unknown agent {name!r}; choose one of {', '.join(AGENT_NAMES)}")
@@ -93,6 +104,7 @@ def run(
     ] = None,
     openai_model: Annotated[str | None, typer.Option(help="Model name for --openai-url.")] = None,
     trace: Annotated[bool, typer.Option(help="Print the full trace as JSON.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Answer one question with an agent and print the answer (and its trace)."""
     import contextlib
@@ -134,7 +146,10 @@ def run(
             from llmvm_ray.agents.api import run_agent
 
             spec = _model_spec(None, api_key, local_model, openai_url, openai_model)
-            result = run_agent(question, tool_list, model=spec, agent=agent).model_dump(mode="json")
+            agents_config = _load(config).agents
+            result = run_agent(
+                question, tool_list, model=spec, agent=agent, config=agents_config
+            ).model_dump(mode="json")
     print(result["answer"])
     _err().print(
         f"[dim]{result['status']}"
@@ -178,8 +193,6 @@ def evaluate(
     """Score agents on the multi-hop questions: accuracy per category, calls, latency."""
     from llmvm_ray.agents.bench.runner import evaluate as run_eval
     from llmvm_ray.agents.bench.runner import format_report, select_questions
-    from llmvm_ray.config import load_config
-    from llmvm_ray.errors import ConfigError
     from llmvm_ray.runtime import init_ray
 
     names = [_check_agent(a) for a in (agent or list(AGENT_NAMES))]
@@ -187,11 +200,7 @@ def evaluate(
         raise typer.BadParameter("--people must be heldout, train or all")
     if url is None and local_model is None and openai_url is None:
         raise typer.BadParameter("give a model: --url, --local-model or --openai-url")
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        _err().print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from None
+    cfg = _load(config)
     spec = _model_spec(url, api_key, local_model, openai_url, openai_model)
     kb = _kb(data)
     heldout = {"heldout": True, "train": False, "all": None}[people]
@@ -229,6 +238,7 @@ def train_steps(
     steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    eval_n: Annotated[int, typer.Option(help="Held-out step examples scored at the end.")] = 200,
     data: DataOption = None,
 ) -> None:
     """Train a tiny model on the agents' decision steps (training people only), offline."""
@@ -241,6 +251,12 @@ def train_steps(
             status.update(f"training: step {step}/{steps}, loss {loss:.3f}")
 
         info = train_step_model(
-            out_dir, kb, steps=steps, batch_size=batch_size, seed=seed, progress=progress
+            out_dir,
+            kb,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            eval_n=eval_n,
+            progress=progress,
         )
     print(json.dumps(info, indent=2))

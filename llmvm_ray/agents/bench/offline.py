@@ -47,6 +47,7 @@ def train_step_model(
     hidden_size: int = 128,
     num_layers: int = 3,
     seed: int = 0,
+    eval_n: int = 200,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Build and train the step model in ``out_dir``; returns what was done and how well."""
@@ -71,7 +72,7 @@ def train_step_model(
         lr=lr,
         seed=seed,
         instruction=False,
-        eval_n=200,
+        eval_n=eval_n,
         progress=progress,
     )
     info = {
@@ -81,6 +82,7 @@ def train_step_model(
         "hidden_size": hidden_size,
         "num_layers": num_layers,
         "step_exact_match": accuracy,
+        "step_eval_examples": eval_n,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     (Path(out_dir) / "agent_steps.json").write_text(json.dumps(info, indent=2))
