@@ -161,3 +161,28 @@ def test_pool_runs_many_in_parallel_and_survives_a_dead_actor(agent_service, ray
         assert any(reason.startswith("actor_failed") for reason in reasons)
     finally:
         pool.shutdown()
+
+
+def test_eval_cli_scores_an_agent_against_the_service(agent_service, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmvm_ray.cli import app
+
+    _, _, url, _ = agent_service
+    cfg = tmp_path / "agents.toml"
+    cfg.write_text(
+        "[agents]\nmax_model_calls = 4\nstep_max_tokens = 8\npool_size = 1\nruns_per_actor = 4\n"
+    )
+    out = tmp_path / "report.json"
+    args = ["agent", "eval", "--agent", "flat", "--url", url, "--api-key", KEY]
+    args += ["--per-category", "1", "--config", str(cfg), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (report,) = __import__("json").loads(out.read_text())
+    assert report["agent"] == "flat" and report["overall"]["questions"] == 12
+    assert len(report["categories"]) == 12
+    overall = report["overall"]
+    assert 0 <= overall["accuracy"] <= 1
+    assert 1 <= overall["model_calls_per_question"] <= 4
+    assert "api_key" not in report["model"]
+    assert "agent flat: accuracy" in result.stdout
