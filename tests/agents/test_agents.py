@@ -166,3 +166,14 @@ def test_sub_question_references_are_resolved():
     assert P.parse_input('x {"a": "1", "b": 2} y', ["a", "b"]) == {"a": "1", "b": 2}
     assert P.parse_input('{"a": ""}', ["a"]) is None and P.parse_input("{", ["a"]) is None
     assert P.parse_param("ask: Who?") == ("ask", "Who?") and P.parse_param("is:") is None
+
+
+def test_unreachable_model_endpoint_is_dont_know(knowledge):
+    from llmvm_ray.agents.api import ModelSpec, run_agent
+
+    for spec in (
+        ModelSpec(kind="service", url="http://127.0.0.1:9"),
+        ModelSpec(kind="openai", url="http://127.0.0.1:9/v1", model="m"),
+    ):
+        result = run_agent("Q?", knowledge.tools(), agent="flat", model=spec)
+        assert result.status == "dont_know" and result.reason.startswith("model_error")

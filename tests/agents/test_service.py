@@ -186,3 +186,15 @@ def test_eval_cli_scores_an_agent_against_the_service(agent_service, tmp_path):
     assert 1 <= overall["model_calls_per_question"] <= 4
     assert "api_key" not in report["model"]
     assert "agent flat: accuracy" in result.stdout
+
+
+def test_any_openai_compatible_model_can_drive_an_agent(agent_service):
+    from llmvm_ray.agents.api import ModelSpec, run_agent
+    from llmvm_ray.config import AgentsConfig
+
+    _, tools, url, _ = agent_service
+    spec = ModelSpec(kind="openai", url=f"{url}/v1", model="teacher", api_key=KEY)
+    config = AgentsConfig(max_model_calls=4, step_max_tokens=8)
+    result = run_agent("Where was Rumi born?", tools, agent="rebel", model=spec, config=config)
+    assert result.model_calls and all(c.served_by == "base" for c in result.model_calls)
+    assert result.status in ("answered", "dont_know")
