@@ -72,6 +72,26 @@ def _summary(pairs: list[tuple[Question, AgentResult]]) -> dict[str, Any]:
     }
 
 
+def step_accuracy(pairs: list[tuple[Question, AgentResult]]) -> dict[str, dict[str, Any]]:
+    """How often each decision step said what the data set's structure implies, over the
+    calls whose prompt is one the right path would send (a diagnostic of *which* step fails;
+    off-path calls, after an earlier mistake, have no reference and are not counted)."""
+    from llmvm_ray.agents.bench.steps import question_steps
+
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for q, r in pairs:
+        expected = dict(question_steps(q).values())
+        for call in r.model_calls:
+            if call.prompt in expected and call.completion is not None:
+                c = counts[call.step]
+                c[0] += 1
+                c[1] += call.completion.strip() == expected[call.prompt].strip()
+    return {
+        step: {"calls": n, "right": k, "accuracy": round(k / n, 4)}
+        for step, (n, k) in sorted(counts.items())
+    }
+
+
 def evaluate(
     agent: str,
     questions: list[Question],
@@ -121,6 +141,7 @@ def evaluate(
         "overall": _summary(pairs),
         "categories": {c: _summary(p) for c, p in sorted(by_category.items())},
         "dont_know_reasons": dict(sorted(reasons.items())),
+        "step_accuracy": step_accuracy(pairs),
         "wall_s": round(time.perf_counter() - started, 1),
         "examples_wrong": wrong,
     }
@@ -140,6 +161,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name:32} {s['questions']:>4} {s['accuracy']:>7.1%} {s['dont_know']:>4} "
             f"{s['model_calls_per_question']:>8} {s['tool_calls_per_question']:>7} "
             f"{s['latency_ms_p50']:>8}"
+        )
+    steps = report.get("step_accuracy") or {}
+    if steps:
+        lines.append(
+            "on-path step accuracy: "
+            + ", ".join(f"{k} {v['accuracy']:.0%} ({v['calls']})" for k, v in steps.items())
         )
     if report["dont_know_reasons"]:
         lines.append(f"don't-know reasons: {report['dont_know_reasons']}")
