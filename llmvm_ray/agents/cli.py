@@ -239,6 +239,10 @@ def train_steps(
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     eval_n: Annotated[int, typer.Option(help="Held-out step examples scored at the end.")] = 200,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    resume: Annotated[
+        bool, typer.Option(help="Train the model already in OUT_DIR further.")
+    ] = False,
     data: DataOption = None,
 ) -> None:
     """Train a tiny model on the agents' decision steps (training people only), offline."""
@@ -257,6 +261,8 @@ def train_steps(
             batch_size=batch_size,
             seed=seed,
             eval_n=eval_n,
+            lr=lr,
+            resume=resume,
             progress=progress,
         )
     print(json.dumps(info, indent=2))

@@ -51,6 +51,11 @@ def test_train_steps_then_run_with_the_local_model(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads((out / "agent_steps.json").read_text())
     assert info["steps"] == 3 and 0 <= info["step_exact_match"] <= 1
+    more = ["agent", "train-steps", str(out), "--steps", "2", "--eval-n", "4", "--resume"]
+    result = runner.invoke(app, [*more, "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "agent_steps.json").read_text())
+    assert info["steps"] == 5 and [p["lr"] for p in info["phases"]] == [2e-3, 1e-3]
     question = "What is the capital of the birthplace of Rumi?"
     args = ["agent", "run", question, "--agent", "flat", "--knowledge", "--local-model", str(out)]
     # Short completions: the model is barely trained, its steps are noise.

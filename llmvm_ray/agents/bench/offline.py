@@ -41,29 +41,47 @@ def train_step_model(
     out_dir: str | Path,
     kb: KnowledgeBase,
     *,
-    steps: int = 1500,
+    steps: int = 2000,
     batch_size: int = 32,
     lr: float = 2e-3,
     hidden_size: int = 128,
     num_layers: int = 3,
     seed: int = 0,
     eval_n: int = 200,
+    resume: bool = False,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Build and train the step model in ``out_dir``; returns what was done and how well."""
+    """Build and train the step model in ``out_dir`` (``resume``: train the one already
+    there further, with a fresh schedule); returns what was done and how well.
+
+    ``agent_steps.json`` in the folder keeps the history: every phase's steps, lr and seed.
+    """
     from llmvm_ray.testing.tiny import build_tiny_model, train_on_task
 
     task = step_task(kb)
+    info_file = Path(out_dir) / "agent_steps.json"
     started = time.perf_counter()
-    build_tiny_model(
-        out_dir,
-        "llama",
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        max_position_embeddings=512,
-        seed=seed,
-        corpus_tasks=[task],
-    )
+    if resume:
+        if not info_file.exists():
+            raise FileNotFoundError(f"no step model to resume in {out_dir}")
+        info = json.loads(info_file.read_text())
+    else:
+        build_tiny_model(
+            out_dir,
+            "llama",
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            max_position_embeddings=512,
+            seed=seed,
+            corpus_tasks=[task],
+        )
+        info = {
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "steps": 0,
+            "train_seconds": 0.0,
+            "phases": [],
+        }
     accuracy = train_on_task(
         out_dir,
         task,
@@ -75,17 +93,12 @@ def train_step_model(
         eval_n=eval_n,
         progress=progress,
     )
-    info = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "step_exact_match": accuracy,
-        "step_eval_examples": eval_n,
-        "train_seconds": round(time.perf_counter() - started, 1),
-    }
-    (Path(out_dir) / "agent_steps.json").write_text(json.dumps(info, indent=2))
+    info["phases"].append({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed})
+    info["steps"] += steps
+    info["train_seconds"] = round(info["train_seconds"] + time.perf_counter() - started, 1)
+    info["step_exact_match"] = accuracy
+    info["step_eval_examples"] = eval_n
+    info_file.write_text(json.dumps(info, indent=2))
     return info
 
 
