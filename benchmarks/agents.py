@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("bench-output/agents"))
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--per-category", type=int, default=20)
+    parser.add_argument("--per-category", type=int, default=20, help="0 = every question")
     parser.add_argument("--agents", default="flat,rebel,backward")
     parser.add_argument("--pool-size", type=int, default=2)
     parser.add_argument("--runs-per-actor", type=int, default=32)
@@ -52,7 +52,7 @@ def main() -> None:
         f"step model: {info['steps']} steps, {info['train_seconds']} s, exact match on "
         f"held-out step examples {info['step_exact_match']:.1%}"
     )
-    questions = select_questions(kb, args.per_category, heldout=True)
+    questions = select_questions(kb, args.per_category or None, heldout=True)
     init_ray(RayConfig(num_cpus=4, include_dashboard=False))
     reports = []
     for agent in args.agents.split(","):
