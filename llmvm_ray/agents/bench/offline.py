@@ -65,6 +65,7 @@ def train_step_model(
         if not info_file.exists():
             raise FileNotFoundError(f"no step model to resume in {out_dir}")
         info = json.loads(info_file.read_text())
+        info.setdefault("phases", [])
     else:
         build_tiny_model(
             out_dir,
