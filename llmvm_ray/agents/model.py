@@ -7,7 +7,6 @@ distinct context is its own task, so the teacher's answers are recorded and each
 distilled into a student, exactly like any other LLM-VM task.
 
 - ``ServiceModel``: production. ``POST /v1/complete`` of an llmvm service (the optimizer).
-- ``RouterModel``: the same optimizing path in-process (the ingress's ``OptimizingService``).
 - ``OpenAIModel``: any OpenAI-compatible ``/v1/completions`` endpoint, for evaluating an agent
   against a plain LLM (context + prompt sent as one prompt; nothing is distilled).
 - ``LocalStepModel`` (``bench/offline.py``): a tiny model trained on the decision steps.
@@ -126,47 +125,6 @@ class ServiceModel:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-class RouterModel:
-    """The optimizing path in-process: an ``OptimizingService`` (inside the ingress)."""
-
-    def __init__(self, optimizing: Any, tenant: str, config: Any, finetune: bool = True) -> None:
-        self.optimizing = optimizing
-        self.tenant = tenant
-        self.config = config
-        self.finetune = finetune
-
-    async def complete(self, call: StepCall) -> ModelReply:
-        import secrets
-
-        from llmvm_ray.optimizer.router import OptimizeCall
-
-        started = time.perf_counter()
-        result = await self.optimizing.complete(
-            OptimizeCall(
-                tenant=self.tenant,
-                context=call.context,
-                prompt=call.prompt,
-                max_tokens=call.max_tokens,
-                temperature=call.temperature,
-                top_p=1.0,
-                stop=call.stop,
-                seed=call.seed if call.seed is not None else secrets.randbits(63),
-                guided=None,
-                finetune=self.finetune,
-            )
-        )
-        return ModelReply(
-            text=result.text,
-            served_by=result.meta.served_by,
-            task_id=result.meta.task_id,
-            model=result.meta.base_model,
-            latency_s=time.perf_counter() - started,
-        )
-
-    async def aclose(self) -> None:
-        return None
 
 
 class OpenAIModel:

@@ -198,3 +198,13 @@ def test_any_openai_compatible_model_can_drive_an_agent(agent_service):
     result = run_agent("Where was Rumi born?", tools, agent="rebel", model=spec, config=config)
     assert result.model_calls and all(c.served_by == "base" for c in result.model_calls)
     assert result.status in ("answered", "dont_know")
+
+
+def test_llmvm_client_complete_with_tools(agent_service):
+    from llmvm_ray.client import Client
+
+    _, tools, url, _ = agent_service
+    with Client(url=url, api_key=KEY) as client:
+        out = client.complete("Where was Rumi born?", context="", tools=tools)
+    assert out["status"] == 200 and out["agent"]["agent"] == "rebel"
+    assert out["completion"] == out["agent"]["answer"]
