@@ -26,7 +26,7 @@ agent_app = typer.Typer(
 AGENT_NAMES = ("rebel", "backward", "flat")
 DataOption = Annotated[
     Path | None,
-    typer.Option(help="compositional_celebrities.json (default: the shared data folder)."),
+    typer.Option(help="compositional_celebrities.json (default: data/agents/ of the repo)."),
 ]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (default: $LLMVM_CONFIG).")

@@ -23,7 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from llmvm_ray.protocol import ToolSpec
 
-DEFAULT_DATA = Path("/work/shared/data/agents/compositional_celebrities.json")
+# The data set ships with the repository (data/agents/, as in LLM-VM); ``--data`` overrides.
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "agents"
+DEFAULT_DATA = DATA_DIR / "compositional_celebrities.json"
 
 # relation -> (key parameter, key description, tool description)
 PERSON_RELATIONS: dict[str, tuple[str, str]] = {

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmvm_ray.agents import prompts as P
-from llmvm_ray.agents.bench.knowledge import Question, tool_index
+from llmvm_ray.agents.bench.knowledge import DATA_DIR, Question, tool_index
 
-DEFAULT_FLAT_DIR = Path("/work/shared/data/agents")
+DEFAULT_FLAT_DIR = DATA_DIR
 
 Example = tuple[str, str]
 
