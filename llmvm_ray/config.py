@@ -348,6 +348,49 @@ class RegistryConfig(Section):
     )
 
 
+class AgentsConfig(Section):
+    """The agents (REBEL, backward chaining, FLAT): limits, tool calls and the actor pool."""
+
+    max_depth: int = Field(3, ge=0, le=10, description="Deepest recursion of REBEL/backward.")
+    max_model_calls: int = Field(
+        40, ge=1, description='Model calls one run may make before it answers "don\'t know".'
+    )
+    max_tool_calls: int = Field(12, ge=0, description="Tool calls one run may make.")
+    max_subquestions: int = Field(4, ge=1, description="Sub-questions kept from one split.")
+    input_retries: int = Field(
+        3, ge=1, description="Tries at a valid tool input (FLAT raises the temperature)."
+    )
+    retry_temperature_step: float = Field(
+        0.3, ge=0, le=1, description="Temperature added on each FLAT input retry."
+    )
+    step_max_tokens: int = Field(96, ge=1, description="Tokens per decision-step completion.")
+    run_timeout_s: float = Field(
+        120.0, gt=0, description='A run still going after this answers "don\'t know".'
+    )
+    model_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
+    tool_timeout_s: float = Field(10.0, gt=0, description="Timeout of one tool HTTP call.")
+    max_reply_bytes: int = Field(
+        65536, ge=1, description="Tool replies larger than this are refused, not read."
+    )
+    reply_chars: int = Field(
+        600, ge=16, description="Characters of a tool reply shown to the model."
+    )
+    require_json: bool = Field(True, description="Refuse tool replies that are not JSON.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts tools may call (`*.example.com` allowed); empty allows any host.",
+    )
+    finetune: bool = Field(
+        True, description="Record every decision step for distillation (`finetune` flag)."
+    )
+    model_url: str | None = Field(
+        None, description="`/v1/complete` base URL agents call; none means this service."
+    )
+    pool_size: int = Field(2, ge=1, description="Agent actors in a pool.")
+    runs_per_actor: int = Field(8, ge=1, description="Runs one agent actor works on at once.")
+    actor_num_cpus: float = Field(0.05, ge=0, description="CPUs reserved per agent actor.")
+
+
 class Config(BaseSettings):
     """Root of the configuration tree."""
 
@@ -382,6 +425,9 @@ class Config(BaseSettings):
     )
     registry: RegistryConfig = Field(
         default_factory=RegistryConfig, description="The fine-tune registry."
+    )
+    agents: AgentsConfig = Field(
+        default_factory=AgentsConfig, description="The agents and their tool calls."
     )
 
     @model_validator(mode="after")

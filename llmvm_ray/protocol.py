@@ -309,14 +309,45 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ToolSpec(BaseModel):
-    """LLM-VM's tool format (used by the agents)."""
+    """LLM-VM's tool format (used by the agents).
+
+    Checked here so a bad tool is a 400 naming it: only http(s) URLs with a host, no
+    credentials in the URL, parameter names that are plain identifiers, and no name both
+    static and dynamic (the model must not be able to override a static value).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    description: str = Field(..., min_length=1)
-    url: str = Field(..., min_length=1)
+    description: str = Field(..., min_length=1, max_length=2000)
+    url: str = Field(..., min_length=1, max_length=2000)
     method: Literal["GET", "POST"] = "GET"
     static_params: dict[str, Any] = Field(default_factory=dict)
     dynamic_params: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("tool url must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("tool url must not carry credentials")
+        if any(c in v for c in "\r\n\t "):
+            raise ValueError("tool url must not contain whitespace")
+        return v
+
+    @model_validator(mode="after")
+    def _params(self) -> ToolSpec:
+        import re
+
+        for name in (*self.static_params, *self.dynamic_params):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name):
+                raise ValueError(f"tool parameter name {name!r} is not a plain identifier")
+        both = sorted(set(self.static_params) & set(self.dynamic_params))
+        if both:
+            raise ValueError(f"tool parameters {both} are both static and dynamic")
+        return self
 
 
 class CompleteRequest(GuidedFields):
@@ -358,6 +389,22 @@ class CompleteResponse(BaseModel):
     status: int = 200
     finish_reason: Literal["stop", "length"] | str = "stop"
     llmvm: LLMVMMetadata
+    agent: dict[str, Any] | None = Field(
+        None, description="With `tools`: the REBEL agent's full trace (an `AgentResult`)."
+    )
+
+
+class AgentRunRequest(_Request):
+    """``POST /v1/agents/runs``: answer ``question`` with one of the agents and ``tools``."""
+
+    agent: Literal["rebel", "backward", "flat"] = "rebel"
+    question: str = Field(..., min_length=1, max_length=4000)
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    big_model: str | None = Field(None, description="Teacher of the decision steps.")
+    small_model: str | None = Field(None, description="Student of the decision steps.")
+    finetune: StrictBool | None = Field(
+        None, description="Record the decision steps for distillation (default: config)."
+    )
 
 
 class ModelCard(BaseModel):

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmvm_ray.errors import AuthenticationError, LLMVMError
 from llmvm_ray.optimizer.task import tenant_of
 from llmvm_ray.protocol import (
+    AgentRunRequest,
     ChatCompletionRequest,
     CompleteRequest,
     CompletionRequest,
@@ -115,6 +116,17 @@ def authorize(request: Request) -> str:
 Tenant = Annotated[str, Depends(authorize)]
 
 
+def bearer_key(request: Request) -> str | None:
+    """The caller's own key, handed to agents so their model calls stay in its tenant."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+BearerKey = Annotated[str | None, Depends(bearer_key)]
+
+
 def create_app(service: OpenAIService) -> FastAPI:
     """The ASGI app of one ingress replica, bound to its service."""
     config = service.config.serve
@@ -178,10 +190,20 @@ def create_app(service: OpenAIService) -> FastAPI:
         return await answer(service.chat(body, tenant))
 
     @app.post("/v1/complete")
-    async def complete(request: Request, body: CompleteRequest, tenant: Tenant) -> Response:
-        """LLM-VM's completion call, through the optimizer."""
+    async def complete(
+        request: Request, body: CompleteRequest, tenant: Tenant, key: BearerKey
+    ) -> Response:
+        """LLM-VM's completion call, through the optimizer (with ``tools``: REBEL)."""
         request.state.llmvm_model = service.model_label("llmvm")
-        return await answer(service.complete(body, tenant))
+        return await answer(service.complete(body, tenant, key))
+
+    @app.post("/v1/agents/runs")
+    async def agent_run(
+        request: Request, body: AgentRunRequest, tenant: Tenant, key: BearerKey
+    ) -> Response:
+        """One agent run (rebel, backward or flat) with its full trace."""
+        request.state.llmvm_model = service.model_label("llmvm")
+        return await answer(service.agent_run(body, tenant, key))
 
     @app.get("/v1/models")
     async def models(tenant: Tenant) -> Response:

@@ -18,7 +18,6 @@ from llmvm_ray.engine.types import AdapterRef, GenerationResult, StreamDelta
 from llmvm_ray.errors import (
     InvalidRequestError,
     NotFoundError,
-    NotImplementedByServerError,
     ServiceUnavailableError,
 )
 from llmvm_ray.observability.metrics import ServeMetrics
@@ -79,6 +78,7 @@ class OpenAIService:
         self.metrics = ServeMetrics(config.serve.app_name)
         self.created = now()
         self._finetune_service: Any = None
+        self._agent_service: Any = None
 
     # -- models -------------------------------------------------------------------------
 
@@ -137,11 +137,16 @@ class OpenAIService:
             raise ServiceUnavailableError("the optimizer is not running in this deployment")
         return self.optimizing
 
-    async def complete(self, request: CompleteRequest, tenant: str) -> CompleteResponse:
-        """LLM-VM's ``POST /v1/complete``."""
+    async def complete(
+        self, request: CompleteRequest, tenant: str, api_key: str | None = None
+    ) -> CompleteResponse:
+        """LLM-VM's ``POST /v1/complete`` (with ``tools``: the REBEL agent answers)."""
         if request.tools:
-            raise NotImplementedByServerError(
-                "tools (agent completions) are not available yet", param="tools"
+            self._optimizing()  # the agent's steps need the optimizing path
+            run, meta = await self.agents().complete(request, api_key)
+            self.metrics.observe("complete", OPTIMIZING_MODEL, meta)
+            return CompleteResponse(
+                completion=run.answer, llmvm=meta, agent=run.model_dump(mode="json")
             )
         result = await self._optimizing().complete(
             OptimizeCall(
@@ -264,6 +269,22 @@ class OpenAIService:
             usage=usage,
             llmvm=result.meta,
         )
+
+    # -- agents (REBEL, backward chaining, FLAT) ----------------------------------------
+
+    def agents(self) -> Any:
+        if self._agent_service is None:
+            from llmvm_ray.agents.service import AgentService
+
+            self._agent_service = AgentService(self.config)
+        return self._agent_service
+
+    async def agent_run(self, body: Any, tenant: str, api_key: str | None) -> dict[str, Any]:
+        """``POST /v1/agents/runs``: one run in the agent pool, answered with its trace."""
+        from llmvm_ray.agents.service import agent_payload
+
+        self._optimizing()
+        return agent_payload(await self.agents().run(body, api_key))
 
     # -- fine-tunes (OpenAI fine_tuning.jobs) -------------------------------------------
 

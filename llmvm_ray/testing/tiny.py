@@ -69,7 +69,7 @@ def build_tiny_model(
     num_heads: int = 4,
     max_position_embeddings: int = 256,
     seed: int = 0,
-    corpus_tasks: Sequence[str] = TASK_NAMES,
+    corpus_tasks: Sequence[str | Task] = TASK_NAMES,
 ) -> Path:
     """Save a random tiny causal LM and its tokenizer to ``out_dir``; return the folder.
 
@@ -84,7 +84,8 @@ def build_tiny_model(
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    tasks = [get_task(name) for name in corpus_tasks]
+    # A Task object (not only a registered name) lets callers bring their own corpus.
+    tasks = [get_task(t) if isinstance(t, str) else t for t in corpus_tasks]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

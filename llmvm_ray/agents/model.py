@@ -1,0 +1,222 @@
+"""The one interface agents call a model through, and its implementations.
+
+An agent never talks to a model any other way: every decision step is a ``StepCall`` with
+a *stable* ``context`` (the step's instructions, tools and examples: the task) and a
+*dynamic* ``prompt``. Through the optimizing path (``ServiceModel`` → ``/v1/complete``) each
+distinct context is its own task, so the teacher's answers are recorded and each step can be
+distilled into a student, exactly like any other LLM-VM task.
+
+- ``ServiceModel``: production. ``POST /v1/complete`` of an llmvm service (the optimizer).
+- ``OpenAIModel``: any OpenAI-compatible ``/v1/completions`` endpoint, for evaluating an agent
+  against a plain LLM (context + prompt sent as one prompt; nothing is distilled).
+- ``LocalStepModel`` (``bench/offline.py``): a tiny model trained on the decision steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class StepCall:
+    step: str  # which decision step ("split", "pick", ...): for traces and step models
+    context: str  # the stable part: the task
+    prompt: str  # the dynamic part
+    max_tokens: int = 96
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ("\n",)
+    seed: int | None = None
+
+
+@dataclass
+class ModelReply:
+    text: str
+    served_by: str = "unknown"  # teacher | student | base | adapter | local
+    task_id: str | None = None
+    model: str | None = None
+    latency_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelCallError(Exception):
+    """The model could not be reached or answered with an error."""
+
+
+class AgentModel(Protocol):
+    async def complete(self, call: StepCall) -> ModelReply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ServiceModel:
+    """``POST {url}/v1/complete``: the optimizing completion of an llmvm service."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        big_model: str | None = None,
+        small_model: str | None = None,
+        finetune: bool = True,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.big_model = big_model
+        self.small_model = small_model
+        self.finetune = finetune
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.url, headers=headers, timeout=self.timeout_s, trust_env=False
+            )
+        return self._client
+
+    async def complete(self, call: StepCall) -> ModelReply:
+        body: dict[str, Any] = {
+            "prompt": call.prompt,
+            "context": call.context,
+            "temperature": call.temperature,
+            "max_tokens": call.max_tokens,
+            "finetune": self.finetune,
+        }
+        if call.stop:
+            body["stoptoken"] = list(call.stop)[:4]
+        if call.seed is not None:
+            body["seed"] = call.seed
+        if self.big_model:
+            body["big_model"] = self.big_model
+        if self.small_model:
+            body["small_model"] = self.small_model
+        started = time.perf_counter()
+        try:
+            response = await self._http().post("/v1/complete", json=body)
+        except httpx.HTTPError as exc:
+            raise ModelCallError(f"model endpoint unreachable: {type(exc).__name__}") from exc
+        try:
+            data = response.json()
+        except ValueError:
+            raise ModelCallError(
+                f"model endpoint answered {response.status_code}, not JSON"
+            ) from None
+        if response.status_code != 200:
+            message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+            raise ModelCallError(f"model endpoint answered {response.status_code}: {message}")
+        meta = data.get("llmvm") or {}
+        return ModelReply(
+            text=data.get("completion", ""),
+            served_by=meta.get("served_by", "unknown"),
+            task_id=meta.get("task_id"),
+            model=meta.get("base_model"),
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class OpenAIModel:
+    """Any OpenAI-compatible completions endpoint (context and prompt sent together)."""
+
+    def __init__(
+        self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, timeout=self.timeout_s, trust_env=False
+            )
+        return self._client
+
+    async def complete(self, call: StepCall) -> ModelReply:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": call.context + call.prompt,
+            "max_tokens": call.max_tokens,
+            "temperature": call.temperature,
+        }
+        if call.stop:
+            body["stop"] = list(call.stop)[:4]
+        if call.seed is not None:
+            body["seed"] = call.seed
+        started = time.perf_counter()
+        try:
+            response = await self._http().post("/completions", json=body)
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ModelCallError(f"model endpoint failed: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise ModelCallError(f"model endpoint answered {response.status_code}")
+        return ModelReply(
+            text=data["choices"][0]["text"],
+            served_by=(data.get("llmvm") or {}).get("served_by", "remote"),
+            model=self.model,
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class ModelSpec(BaseModel):
+    """Which ``AgentModel`` to build: plain data, so it can travel to an agent actor."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["service", "openai", "local"] = Field(
+        "service", description="service: /v1/complete; openai: any completions API; local."
+    )
+    url: str | None = Field(None, description="Base URL (service: the llmvm server).")
+    api_key: str | None = Field(None, description="Bearer key for the endpoint.")
+    big_model: str | None = Field(None, description="Teacher of the optimizing path.")
+    small_model: str | None = Field(None, description="Student of the optimizing path.")
+    model: str | None = Field(None, description="Model name of an OpenAI-compatible API.")
+    path: str | None = Field(None, description="Folder of a local step model.")
+    finetune: bool = Field(True, description="Record decision steps for distillation.")
+    timeout_s: float = Field(60.0, gt=0)
+
+    def key(self) -> str:
+        return self.model_dump_json()
+
+
+def build_model(spec: ModelSpec) -> AgentModel:
+    if spec.kind == "service":
+        if not spec.url:
+            raise ValueError("a service model needs its url")
+        return ServiceModel(
+            spec.url,
+            api_key=spec.api_key,
+            big_model=spec.big_model,
+            small_model=spec.small_model,
+            finetune=spec.finetune,
+            timeout_s=spec.timeout_s,
+        )
+    if spec.kind == "openai":
+        if not spec.url or not spec.model:
+            raise ValueError("an openai model needs url and model")
+        return OpenAIModel(spec.url, spec.model, api_key=spec.api_key, timeout_s=spec.timeout_s)
+    if not spec.path:
+        raise ValueError("a local model needs its path")
+    from llmvm_ray.agents.bench.offline import LocalStepModel
+
+    return LocalStepModel(spec.path)
