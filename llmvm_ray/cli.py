@@ -19,6 +19,7 @@ from rich.console import Console
 
 from llmvm_ray.config import Config, load_config, render_reference
 from llmvm_ray.errors import ConfigError
+from llmvm_ray.synthesis.cli import synth_app
 from llmvm_ray.train.cli import finetune_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ dev_app = typer.Typer(help="Developer tools (tiny offline models).", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(synth_app, name="synth")
 
 ConfigOption = Annotated[
     Path | None,
@@ -155,7 +157,10 @@ def complete(
     try:
         model = model or client.models.list().data[0].id
         kwargs: dict[str, Any] = {
-            "model": model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
         }
         if chat:
             messages = [{"role": "user", "content": prompt}]
@@ -252,9 +257,7 @@ def dev_tiny_model(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where models and data go.")] = Path(
-        "demo-output"
-    ),
+    workdir: Annotated[Path, typer.Option(help="Where models and data go.")] = Path("demo-output"),
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 3002,
 ) -> None:
     """Run the whole thing offline on tiny local models, with visible progress."""
