@@ -55,11 +55,16 @@ class Parsed:
         return len(self.records) + len(self.failures)
 
 
-def json_schema(n: int) -> dict[str, Any]:
-    """The ``guided_json`` schema: an array of 1..n objects with string prompt/completion."""
+def json_schema(n: int, max_prompt_chars: int = 4000, max_completion_chars: int = 4000) -> dict:
+    """The ``guided_json`` schema: an array of 1..n objects with non-empty string prompt and
+    completion, bounded by the validation limits so a constrained answer is never invalid
+    for its length and a weak teacher cannot run a string on until ``max_tokens``."""
     item = {
         "type": "object",
-        "properties": {"prompt": {"type": "string"}, "completion": {"type": "string"}},
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": max_prompt_chars},
+            "completion": {"type": "string", "minLength": 1, "maxLength": max_completion_chars},
+        },
         "required": ["prompt", "completion"],
         "additionalProperties": False,
     }

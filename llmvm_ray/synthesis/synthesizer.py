@@ -143,8 +143,9 @@ class Synthesizer:
         shots = [
             {"prompt": by_id[i].prompt, "completion": by_id[i].completion} for i in plan.seed_ids
         ]
-        n = self.settings.seed_batch_size
-        delim = self.settings.example_delim
+        s = self.settings
+        n = s.seed_batch_size
+        delim = s.example_delim
         rendered = self.templates.render(
             plan.variant,
             task.context,
@@ -153,7 +154,9 @@ class Synthesizer:
             enc.format_instruction(self.encoding, delim),
         )
         guided = (
-            GuidedSpec(json_schema=enc.json_schema(n)) if self.encoding == "guided_json" else None
+            GuidedSpec(json_schema=enc.json_schema(n, s.max_prompt_chars, s.max_completion_chars))
+            if self.encoding == "guided_json"
+            else None
         )
         call = TeacherCall(
             context=rendered.system,
