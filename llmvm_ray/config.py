@@ -269,7 +269,7 @@ class SynthesisConfig(Section):
     minhash_ngram: int = Field(3, ge=1, description="Character n-gram size of MinHash shingles.")
     embedding_model: str | None = Field(
         "all-MiniLM-L6-v2",
-        description="sentence-transformers encoder (id or folder) for semantic dedup; none is off.",
+        description="Semantic dedup encoder (sentence-transformers id or folder); none/'' is off.",
     )
     # -- parallelism --
     num_workers: int = Field(2, ge=1, description="Synthesis worker actors of a batch run.")
