@@ -1,17 +1,21 @@
 """A real loopback HTTP server that plays a badly behaved remote OpenAI-compatible teacher.
 
-It stands in for an external service (not one of our components): each POST to
-``/v1/completions`` or ``/v1/chat/completions`` takes the next behaviour from a script
-(repeating the last one): ``good`` (a JSON array of distinct examples), ``same`` (always
-the same examples), ``fenced`` (``good`` in a code fence with prose), ``delimited`` (the
-delimiter encoding), ``truncated`` (JSON cut mid-object, finish_reason ``length``),
-``garbage``, ``empty``, ``429`` (with Retry-After: 0), ``500`` and ``slow`` (answers after
-``slow_s``, past the client's timeout). It records every request body and the most
-requests it ever had in flight.
+Tests and ``benchmarks/synthesis.py`` use it as an external service (not one of our
+components). Each POST to ``/v1/completions`` or ``/v1/chat/completions`` takes the next
+behaviour from a script (repeating the last one):
+
+- ``good``: a JSON array of distinct examples; ``same``: always the same examples;
+- ``fenced``: ``good`` in a code fence with prose; ``delimited``: the delimiter encoding;
+- ``jsonl``: LLM-VM's expected shape, one ``{"prompt", "response"}`` object per line;
+- ``truncated``: JSON cut mid-object, finish_reason ``length``; ``garbage``; ``empty``;
+- ``429`` (with Retry-After: 0), ``500``, and ``slow`` (answers after ``slow_s``).
+
+It records every request body and the most requests it ever had in flight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -20,8 +24,11 @@ from typing import Any
 
 
 class StubTeacher:
-    def __init__(self, script: list[str], per_answer: int = 2, slow_s: float = 2.0) -> None:
+    def __init__(
+        self, script: list[str], per_answer: int = 2, slow_s: float = 2.0, latency_s: float = 0.0
+    ) -> None:
         self.script = list(script)
+        self.latency_s = latency_s  # every answer takes this long (a remote API's latency)
         self.per_answer = per_answer
         self.slow_s = slow_s
         self.requests: list[dict[str, Any]] = []
@@ -57,13 +64,13 @@ class StubTeacher:
             self.in_flight -= 1
 
     def examples(self, i: int) -> list[dict[str, str]]:
-        return [
-            {
-                "prompt": f"Question {i}.{j}: what is {i * 7 + j} plus one?",
-                "completion": f" {i * 7 + j + 1}",
-            }
-            for j in range(self.per_answer)
-        ]
+        """Distinct examples for answer ``i`` (hex words: no two are near-duplicates)."""
+        out = []
+        for j in range(self.per_answer):
+            h = hashlib.sha256(f"{i}.{j}".encode()).hexdigest()
+            prompt = f"{h[:10]} {h[10:20]} plus one?"
+            out.append({"prompt": prompt, "completion": f" {i * 7 + j + 1}"})
+        return out
 
     def text(self, behaviour: str, i: int) -> tuple[str, str]:
         good = json.dumps(self.examples(i))
@@ -71,6 +78,11 @@ class StubTeacher:
             return good, "stop"
         if behaviour == "same":  # the teacher repeats itself: duplicates, nothing new
             return json.dumps(self.examples(0)), "stop"
+        if behaviour == "jsonl":
+            return "\n".join(
+                json.dumps({"prompt": e["prompt"], "response": e["completion"]})
+                for e in self.examples(i)
+            ), "stop"
         if behaviour == "fenced":
             return f"Sure, here they are:\n```json\n{good}\n```\nAnything else?", "stop"
         if behaviour == "delimited":
@@ -111,6 +123,8 @@ class StubTeacher:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 behaviour, i = stub._next(body)
                 try:
+                    if stub.latency_s:
+                        time.sleep(stub.latency_s)
                     if behaviour == "429":
                         self._send(
                             429,
