@@ -49,6 +49,17 @@ from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitResult
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASK = "default"
+# Settings a resumed run may change: how fast and how wide it runs, not what it produces.
+OPERATIONAL = {
+    "num_workers",
+    "max_in_flight",
+    "requests_per_s",
+    "worker_num_cpus",
+    "stats_interval_s",
+    "request_timeout_s",
+    "backoff_s",
+    "backoff_max_s",
+}
 
 
 def read_seed_rows(storage: Storage, uri: str) -> list[dict[str, Any]]:
@@ -146,7 +157,7 @@ def _identity(
         "target": target,
         "teacher": config.teacher.model,
         "encoding": teachers.resolve_encoding(config),
-        "settings": s.model_dump(mode="json", exclude={"num_workers", "stats_interval_s"}),
+        "settings": s.model_dump(mode="json", exclude=OPERATIONAL),
     }
 
 

@@ -148,3 +148,31 @@ def test_bad_seeds_are_recorded_and_empty_seeds_refused(tmp_path):
             run_job(config, str(empty), str(tmp_path / "o2"), use_pool=False)
         with pytest.raises(Exception, match="not found"):
             run_job(config, str(tmp_path / "missing.jsonl"), str(tmp_path / "o3"))
+
+
+def test_cli_synth_run(tmp_path):
+    """`llmvm synth run --local`: exit 0 with the funnel when the target is reached, exit 3
+    with the reason when the teacher only writes garbage."""
+    from typer.testing import CliRunner
+
+    from llmvm_ray.cli import app
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    for script, out, code, says in [
+        (["fenced"], "ok", 0, "target reached: 4 kept"),
+        (["garbage"], "bad", 3, "attempt budget spent: 2 of 2 requests made, 0 of 4 kept"),
+    ]:
+        with StubTeacher(script) as stub:
+            env = {
+                "LLMVM_STORAGE_PATH": str(tmp_path),
+                "LLMVM_TEACHER__BASE_URL": stub.url,
+                "LLMVM_TEACHER__MODEL": "stub",
+            }
+            args = ["synth", "run", str(seeds), "-o", str(tmp_path / out), "--local"]
+            args += ["--target", "4", "--set", "embedding_model=", "--set", "seed_batch_size=2"]
+            args += ["--set", "attempt_budget=1", "--set", "request_retries=0"]
+            result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == code, result.output
+        assert says in result.output
+    assert len(pq.read_table(tmp_path / "ok" / "data.parquet")) == 4
+    assert len(pq.read_table(tmp_path / "bad" / "data.parquet")) == 0
