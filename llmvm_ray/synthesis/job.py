@@ -258,13 +258,18 @@ def run_job(
     make_deduper = deduper_factory or (lambda: Deduper(config.synthesis))
     units = StorageUnits(out_dir, rel)
     started = time.monotonic()
+    startup_s = 0.0
     workers: list[Any] = []
     try:
         if use_pool:
+            import ray
+
             from llmvm_ray.synthesis.workers import pool_executor, start_pool
 
             workers = start_pool(config, rid, tasks)
+            ray.get([w.peak_in_flight.remote() for w in workers])  # wait until they are up
             execute = pool_executor(workers)
+            startup_s = time.monotonic() - started
         else:
             execute = local_executor(synthesizer)
         result: RunResult = asyncio.run(
@@ -296,6 +301,7 @@ def run_job(
         "output": out_dir.to_uri(out_dir.path("data.parquet")),
         "bad_seeds": len(bad_seeds),
         "elapsed_s": round(time.monotonic() - started, 3),
+        "startup_s": round(startup_s, 3),
         **result.report(),
     }
     out_dir.write_bytes(out_dir.path("stats.json"), json.dumps(report, indent=2).encode())

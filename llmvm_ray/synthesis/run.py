@@ -1,9 +1,10 @@
 """Drive units until each task has its target of kept examples or its budget is spent.
 
 Works in waves: for every unfinished task, plan as many units as its remaining target needs
-(examples per request each), run them all (through any executor: in-process or the worker
-pool), then absorb the results in (task, unit) order: save each unit (``UnitStore``), dedup
-its rows against the task's existing rows and everything kept so far, keep up to the target.
+(examples per request each; at most ``WAVE_FACTOR × max_in_flight`` per task), run them all
+(through any executor: in-process or the worker pool), then absorb the results in (task,
+unit) order: save each unit (``UnitStore``), dedup its rows against the task's existing rows
+and everything kept so far, keep up to the target.
 A task stops when it reaches its target or has made ``attempt_budget × target / batch``
 requests; then its ``Outcome`` says which, and why (the biggest losses and teacher errors).
 
@@ -26,6 +27,7 @@ from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitPlan, Un
 
 logger = logging.getLogger(__name__)
 
+WAVE_FACTOR = 4
 Work = list[tuple[TaskInput, UnitPlan]]
 Execute = Callable[[Work, Callable[[UnitResult], None]], Awaitable[list[UnitResult]]]
 
@@ -159,6 +161,9 @@ async def drive(
             tr.absorb(saved)
         run.tasks[task.task] = tr
     last_log = time.monotonic()
+    # Waves of a few times the in-flight limit: stats, saved progress and the stop decision
+    # stay current on big runs, and a target met early does not leave a huge wave running.
+    wave_cap = WAVE_FACTOR * s.max_in_flight
 
     def done_one(result: UnitResult) -> None:
         nonlocal last_log
@@ -174,7 +179,7 @@ async def drive(
             if tr.finished:
                 continue
             need = math.ceil((tr.target - len(tr.kept)) / s.seed_batch_size)
-            count = min(need, tr.budget - len(tr.done))
+            count = min(need, tr.budget - len(tr.done), wave_cap)
             work += [(tr.task, synthesizer.plan(tr.task, u)) for u in tr.next_units(count)]
         if not work:
             break
