@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from llmvm_ray.store import datasets
 from llmvm_ray.store.fs import Storage, safe_component
 from llmvm_ray.synthesis import teachers
 from llmvm_ray.synthesis.dedup import Deduper
-from llmvm_ray.synthesis.records import Seed, load_seeds
+from llmvm_ray.synthesis.records import load_seeds
 from llmvm_ray.synthesis.run import RunResult, drive, local_executor
 from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitResult
 
@@ -217,7 +217,6 @@ def run_job(
     """
     storage = Storage.from_uri(config.storage_path)
     out_storage, out_root = storage.locate(out)
-    rel = ""  # everything below goes under out_root in out_storage
     rows = read_seed_rows(storage, seeds_uri)
     tasks, bad_seeds = group_tasks(rows)
     if not tasks:
@@ -256,7 +255,7 @@ def run_job(
         run_id=rid,
     )
     make_deduper = deduper_factory or (lambda: Deduper(config.synthesis))
-    units = StorageUnits(out_dir, rel)
+    units = StorageUnits(out_dir, "")
     started = time.monotonic()
     startup_s = 0.0
     workers: list[Any] = []
@@ -319,8 +318,3 @@ class _PlanOnly:
 
     async def complete(self, call: Any) -> Any:  # pragma: no cover - never called
         raise RuntimeError("the driver does not call the teacher")
-
-
-def seeds_from_rows(rows: list[Mapping[str, Any]]) -> list[Seed]:
-    seeds, _ = load_seeds(rows)
-    return seeds

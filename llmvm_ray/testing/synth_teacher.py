@@ -59,14 +59,11 @@ def check_example(task: Task, row: dict[str, Any]) -> bool:
     m = _INPUT.match(row["prompt"].strip())
     if not m:
         return False
-    x = m["x"].strip()
-    for _ in range(1):
-        try:
-            target = _answer(task, x)
-        except ValueError:
-            return False
-        return task.score(row["completion"], target)
-    return False
+    try:
+        target = _answer(task, m["x"].strip())
+    except ValueError:
+        return False
+    return task.score(row["completion"], target)
 
 
 def _answer(task: Task, x: str) -> str:

@@ -186,3 +186,34 @@ def test_templates_per_family_rotate_and_accept_overrides():
         check_template("no examples field {n}")
     with pytest.raises(Exception, match="prompt_variants"):
         check_template("{examples} {unknown}")
+
+
+def test_the_tiny_synthesis_teacher_is_trained_on_exactly_what_the_synthesizer_sends():
+    import random
+
+    from llmvm_ray.config import SynthesisConfig
+    from llmvm_ray.synthesis.records import Seed
+    from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitPlan
+    from llmvm_ray.testing.synth_teacher import check_example, synthesis_pair
+    from llmvm_ray.testing.tasks import get_task
+
+    task = get_task("date")
+    for encoding in ("guided_json", "json", "delimited"):
+        for variant in range(3):
+            prompt, answer, shots = synthesis_pair(
+                task, random.Random(variant), k=2, n=2, encoding=encoding, variant=variant
+            )
+            seeds = tuple(Seed(f"s{i}", **shot) for i, shot in enumerate(shots))
+            synth = Synthesizer(
+                SynthesisConfig(seed_examples=2, seed_batch_size=2, seed=0),
+                teacher=None,
+                encoding=encoding,
+                templates=TemplateSet.build("completion"),
+                run_id="r",
+            )
+            plan = UnitPlan(task="date", unit=variant, seed_ids=("s0", "s1"), variant=variant)
+            call, template = synth.call(TaskInput("date", task.instruction, seeds), plan, 0)
+            assert (call.context, call.prompt) == ("", prompt)
+            assert template == f"completion/{variant}"
+            records = enc.parse(answer, encoding, D).records
+            assert len(records) == 2 and all(check_example(task, r) for r in records)
