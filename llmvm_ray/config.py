@@ -244,6 +244,13 @@ class SynthesisConfig(Section):
         description="How examples travel: `auto` is guided_json for a hosted teacher, else json.",
     )
     seed: int = Field(0, ge=0, description="Seed of k-shot sampling, variant rotation, teacher.")
+    answer_with_teacher: bool = Field(
+        False,
+        description="Answer each new prompt with the teacher's own call (not the generated text).",
+    )
+    answer_max_tokens: int = Field(
+        256, ge=1, description="Completion tokens of those answers (the optimizer: the task's)."
+    )
     # -- retries, budget, validation --
     request_retries: int = Field(
         3, ge=0, description="Retries of one teacher request (errors, nothing parsed)."

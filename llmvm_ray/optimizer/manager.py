@@ -274,8 +274,7 @@ class OptimizerActor:
             new, report = await synthesize_for_task(
                 self.config,
                 task_id=task_id,
-                context=state.spec.get("context", ""),
-                teacher=state.spec["teacher"],
+                spec=state.spec,
                 rows=[r for r in rows if r.get("split") != "holdout"],
                 existing=rows,
             )

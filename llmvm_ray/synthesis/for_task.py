@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmvm_ray.config import Config
+from llmvm_ray.engine.teacher import TeacherCall
+from llmvm_ray.optimizer.task import TaskSpec
 from llmvm_ray.synthesis import teachers
 from llmvm_ray.synthesis.dedup import Deduper
 from llmvm_ray.synthesis.records import load_seeds, require_seeds
@@ -26,30 +28,46 @@ async def synthesize_for_task(
     config: Config,
     *,
     task_id: str,
-    context: str,
-    teacher: str,
+    spec: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
     existing: Sequence[Mapping[str, Any]] | None = None,
     target: int | None = None,
     teacher_client: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(kept rows with provenance, the run's report). ``rows`` are the seeds; new rows are
-    deduped against ``existing`` (default: the seeds), e.g. every row including held-out."""
+    """(kept rows with provenance, the run's report) for the task ``spec`` (a ``TaskSpec``
+    dict: context, teacher, generation settings). ``rows`` are the seeds; new rows are
+    deduped against ``existing`` (default: the seeds), e.g. every row including held-out.
+    With ``answer_with_teacher``, new prompts are answered with the task's own settings."""
+    task_spec = TaskSpec.from_dict(dict(spec))
+
+    def answer_call(task: TaskInput, prompt: str, seed: int) -> TeacherCall:
+        return TeacherCall(
+            context=task_spec.context,
+            prompt=prompt,
+            max_tokens=task_spec.max_tokens,
+            temperature=task_spec.temperature,
+            top_p=task_spec.top_p,
+            stop=task_spec.stop,
+            seed=seed,
+            guided=task_spec.guided,
+        )
+
     s = config.synthesis
     seeds, bad = load_seeds(rows)
     require_seeds(seeds, bad, f"task {task_id}")
     run_id = f"synth-{uuid.uuid4().hex[:12]}"
     synthesizer = Synthesizer(
         s,
-        teacher_client or teachers.build_teacher(config, teacher),
+        teacher_client or teachers.build_teacher(config, task_spec.teacher),
         encoding=teachers.resolve_encoding(config),
         templates=teachers.templates(config),
         run_id=run_id,
+        answer_call=answer_call,
     )
     # Loading an encoder takes seconds of CPU: not on the actor's event loop.
     deduper = await asyncio.to_thread(Deduper, s)
     result = await drive(
-        [TaskInput(task=task_id, context=context, seeds=tuple(seeds))],
+        [TaskInput(task=task_id, context=task_spec.context, seeds=tuple(seeds))],
         s.examples_to_generate if target is None else target,
         synthesizer,
         local_executor(synthesizer),

@@ -178,6 +178,7 @@ DATA_SCHEMA = pa.schema(
         ("teacher", pa.string()),
         ("template", pa.string()),
         ("encoding", pa.string()),
+        ("completion_by", pa.string()),
         ("seed_ids", pa.list_(pa.string())),
         ("unit", pa.int64()),
         ("attempt", pa.int64()),

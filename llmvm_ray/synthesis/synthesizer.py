@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,7 @@ class Synthesizer:
         templates: TemplateSet,
         run_id: str,
         limiter: RateLimiter | None = None,
+        answer_call: Callable[[TaskInput, str, int], TeacherCall] | None = None,
     ) -> None:
         self.settings = settings
         self.teacher = teacher
@@ -122,6 +124,9 @@ class Synthesizer:
         self.templates = templates
         self.run_id = run_id
         self.limiter = limiter or RateLimiter(settings.max_in_flight, settings.requests_per_s)
+        # How a new prompt is answered when ``answer_with_teacher`` is on (the optimizer
+        # passes the task's own generation settings).
+        self.answer_call = answer_call or self.default_answer_call
         self._jitter = random.Random(_int_seed(settings.seed, run_id, "jitter"))
 
     # -- planning -----------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class Synthesizer:
             stats.dropped["unparseable"] += len(parsed.failures)
             for fragment in parsed.failures:
                 self._error(result, plan, attempt, "unparseable", "could not decode", fragment)
-            valid = 0
+            cleans = []
             for record in parsed.records:
                 clean, why = validate(
                     record,
@@ -220,7 +225,11 @@ class Synthesizer:
                     stats.dropped[f"invalid: {why}"] += 1
                     self._error(result, plan, attempt, "invalid", why or "", str(record))
                     continue
-                valid += 1
+                cleans.append(clean)
+            if s.answer_with_teacher and cleans:
+                cleans = await self._answer(task, plan, attempt, cleans, result)
+            valid = len(cleans)
+            for clean in cleans:
                 result.rows.append(
                     {
                         **clean,
@@ -230,6 +239,7 @@ class Synthesizer:
                         "teacher": answer.model,
                         "template": template,
                         "encoding": self.encoding,
+                        "completion_by": "teacher" if s.answer_with_teacher else "synthesis",
                         "seed_ids": list(plan.seed_ids),
                         "unit": plan.unit,
                         "attempt": attempt,
@@ -257,6 +267,50 @@ class Synthesizer:
             "",
         )
         return result
+
+    async def _answer(
+        self,
+        task: TaskInput,
+        plan: UnitPlan,
+        attempt: int,
+        cleans: list[dict[str, str]],
+        result: UnitResult,
+    ) -> list[dict[str, str]]:
+        """Replace each generated completion with the teacher's own answer to the prompt
+        (LLM-VM's later loop did this): the completion then comes from the same call a real
+        request makes. A prompt the teacher fails to answer is dropped and counted."""
+        s = self.settings
+
+        async def one(i: int, clean: dict[str, str]) -> dict[str, str] | None:
+            seed = _int_seed(s.seed, self.run_id, plan.task, plan.unit, attempt, "answer", i)
+            call = self.answer_call(task, clean["prompt"], seed)
+            try:
+                async with self.limiter.slot():
+                    got = await asyncio.wait_for(
+                        self.teacher.complete(call), timeout=s.request_timeout_s
+                    )
+            except (TeacherError, TimeoutError) as exc:
+                kind = error_kind(exc)
+                result.stats.dropped[f"answer_failed: {kind}"] += 1
+                self._error(result, plan, attempt, "answer_failed", kind, clean["prompt"])
+                return None
+            if not got.text.strip():
+                result.stats.dropped["answer_failed: empty"] += 1
+                return None
+            return {"prompt": clean["prompt"], "completion": got.text}
+
+        answered = await asyncio.gather(*(one(i, c) for i, c in enumerate(cleans)))
+        return [a for a in answered if a is not None]
+
+    def default_answer_call(self, task: TaskInput, prompt: str, seed: int) -> TeacherCall:
+        """The task's own teacher call for ``prompt``: its context, greedy decoding."""
+        return TeacherCall(
+            context=task.context,
+            prompt=prompt,
+            max_tokens=self.settings.answer_max_tokens,
+            temperature=0.0,
+            seed=seed,
+        )
 
     def _error(
         self, result: UnitResult, plan: UnitPlan, attempt: int, kind: str, error: str, raw: str

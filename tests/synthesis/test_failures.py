@@ -137,3 +137,19 @@ def test_template_family_follows_the_teacher_api(tmp_path, api):
         assert "Add one to the number." in body["prompt"]
     shown = [s for s in SEEDS if s.prompt in str(body)]
     assert sorted(s.id for s in shown) == sorted(task.kept[0]["seed_ids"])
+
+
+def test_answer_with_teacher_replaces_completions_with_the_teachers_answers(tmp_path):
+    with StubTeacher(["good", "good", "500"]) as stub:
+        config = make_config(tmp_path, stub, answer_with_teacher=True, request_retries=0)
+        _, task, _ = run(config, target=1)
+        answers = {b["prompt"]: i for i, b in enumerate(stub.requests[1:], start=1)}
+        expected_good = stub.text("good", 1)[0]
+    s = task.stats
+    # request 0 wrote two examples; answering them took requests 1 (good) and 2 (a 500)
+    assert len(stub.requests) == 3 and s.requests == 1
+    assert s.valid == 1 and s.dropped["answer_failed: http_500"] == 1
+    [row] = task.kept
+    assert row["completion_by"] == "teacher"
+    assert answers[TASK.context + row["prompt"]] in (1, 2)
+    assert row["completion"] == expected_good  # the answer, not the generated completion

@@ -76,7 +76,8 @@ def synth_service(ray_session, serve_port, tmp_path_factory):
                 "flush_interval_s": 0.3,
                 "default_max_tokens": 12,
             },
-            "synthesis": SYNTHESIS,
+            # the optimizer's synthesis answers each new prompt with the task's own call
+            "synthesis": {**SYNTHESIS, "answer_with_teacher": True},
             "models": [{"name": "synth", "model_uri": str(root / "teacher"), "num_cpus": 0.5}],
         }
     )
@@ -151,7 +152,7 @@ def test_batch_job_with_worker_actors_and_a_hosted_teacher(synth_service, tmp_pa
             "synth",
             "date",
         )
-        assert r["encoding"] == "guided_json"
+        assert r["encoding"] == "guided_json" and r["completion_by"] == "synthesis"
         assert r["template"] == f"completion/{r['unit'] % 3}"  # variants rotate per unit
         assert len(r["seed_ids"]) == 2 and set(r["seed_ids"]) <= seed_ids
         assert 0 < len(r["prompt"]) <= 48 and 0 < len(r["completion"]) <= 16
@@ -198,3 +199,13 @@ def test_data_synthesis_flag_makes_the_optimizer_synthesize(synth_service):
     assert all(r["split"] == "train" and r["teacher"] == "synth" for r in synthesized)
     assert not real & {r["prompt"] for r in synthesized}
     assert len({r["run_id"] for r in synthesized}) == 1
+    # each completion is the teacher's answer to the prompt under the task's settings
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    for r in synthesized:
+        assert r["completion_by"] == "teacher"
+        again = oa.completions.create(
+            model="synth", prompt=task.context + r["prompt"], max_tokens=12, temperature=0
+        )
+        assert r["completion"] == again.choices[0].text
