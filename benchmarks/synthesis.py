@@ -100,21 +100,26 @@ def ours(base_url: str, n: int, batch: int, workers: int, workdir: Path) -> tupl
     return kept / elapsed, kept / (elapsed - report["startup_s"])
 
 
-def throughput(workdir: Path, n: int, batch: int, latency_s: float) -> dict:
+def throughput(workdir: Path, n: int, batch: int, latency_s: float, repeat: int) -> dict:
     from llmvm_ray.config import RayConfig
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.testing.stub_teacher import StubTeacher
 
     init_ray(RayConfig(num_cpus=4, include_dashboard=False))
-    figures: dict = {"n": n, "batch": batch, "latency_s": latency_s}
+    figures: dict = {"n": n, "batch": batch, "latency_s": latency_s, "repeat": repeat}
     with StubTeacher(["jsonl"], per_answer=batch, latency_s=latency_s) as stub:
         figures["llmvm_serial_sleep"] = llmvm_serial(stub.url, n, batch, sleep=True)
         figures["llmvm_serial_nosleep"] = llmvm_serial(stub.url, n, batch, sleep=False)
+    import statistics
+
     for w in (1, 2, 4):
-        with StubTeacher(["good"], per_answer=batch, latency_s=latency_s) as stub:
-            end_to_end, running = ours(stub.url, n, batch, w, workdir)
-            figures[f"ours_{w}_workers"] = end_to_end
-            figures[f"ours_{w}_workers_after_startup"] = running
+        runs = []
+        for _ in range(repeat):
+            with StubTeacher(["good"], per_answer=batch, latency_s=latency_s) as stub:
+                runs.append(ours(stub.url, n, batch, w, workdir))
+        # medians: this machine's CPUs are shared, single runs are noisy
+        figures[f"ours_{w}_workers"] = statistics.median(r[0] for r in runs)
+        figures[f"ours_{w}_workers_after_startup"] = statistics.median(r[1] for r in runs)
     return figures
 
 
@@ -253,6 +258,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="pairs per throughput run")
     parser.add_argument("--batch", type=int, default=5, help="examples per request")
     parser.add_argument("--latency", type=float, default=0.3, help="stub teacher latency (s)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per worker count (median)")
     parser.add_argument("--requests", type=int, default=16, help="requests per encoding")
     parser.add_argument("--teacher-steps", type=int, default=150)
     parser.add_argument("--skip-teacher", action="store_true", help="skip section 2")
@@ -262,9 +268,12 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
 
-    t = throughput(args.workdir, args.n, args.batch, args.latency)
+    t = throughput(args.workdir, args.n, args.batch, args.latency, args.repeat)
     results["throughput"] = t
-    print(f"[1] {args.n} pairs, {args.batch}/request, teacher latency {args.latency}s")
+    print(
+        f"[1] {args.n} pairs, {args.batch}/request, teacher latency {args.latency}s, "
+        f"median of {args.repeat} runs"
+    )
     base_sleep, base = t["llmvm_serial_sleep"], t["llmvm_serial_nosleep"]
     print(f"    LLM-VM serial with sleep    : {base_sleep:7.1f} pairs/s")
     print(f"    LLM-VM serial without sleep : {base:7.1f} pairs/s")

@@ -157,7 +157,10 @@ def complete(
     try:
         model = model or client.models.list().data[0].id
         kwargs: dict[str, Any] = {
-            "model": model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
         }
         if chat:
             messages = [{"role": "user", "content": prompt}]
@@ -254,9 +257,7 @@ def dev_tiny_model(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where models and data go.")] = Path(
-        "demo-output"
-    ),
+    workdir: Annotated[Path, typer.Option(help="Where models and data go.")] = Path("demo-output"),
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 3002,
 ) -> None:
     """Run the whole thing offline on tiny local models, with visible progress."""

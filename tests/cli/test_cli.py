@@ -76,11 +76,19 @@ def test_dev_tiny_model_with_task_reports_accuracy(tmp_path):
 @pytest.mark.ray
 def test_complete_against_a_running_server(service):
     url, _ = service
-    out = run("complete", "hello", "--url", url, "--model", "tiny", "--max-tokens", "4",
-              env={"OPENAI_API_KEY": API_KEY})
+    out = run(
+        "complete",
+        "hello",
+        "--url",
+        url,
+        "--model",
+        "tiny",
+        "--max-tokens",
+        "4",
+        env={"OPENAI_API_KEY": API_KEY},
+    )
     assert out.returncode == 0, out.stderr
-    bad = run("complete", "hello", "--url", url, "--model", "nope",
-              env={"OPENAI_API_KEY": API_KEY})
+    bad = run("complete", "hello", "--url", url, "--model", "nope", env={"OPENAI_API_KEY": API_KEY})
     assert bad.returncode == 1 and "does not exist" in bad.stderr
 
 
@@ -132,4 +140,3 @@ def test_module_has_no_import_time_work():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-

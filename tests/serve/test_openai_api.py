@@ -76,7 +76,11 @@ def test_streaming_completion_matches_non_streaming(client):
 def test_stream_usage_chunk(client):
     chunks = list(
         client.completions.create(
-            model="tiny", prompt=PROMPT, max_tokens=5, temperature=0, stream=True,
+            model="tiny",
+            prompt=PROMPT,
+            max_tokens=5,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -148,7 +152,11 @@ def test_guided_choice_regex_json_and_number(client):
         "additionalProperties": False,
     }
     r = client.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=60, temperature=1.0, seed=4,
+        model="tiny",
+        prompt=PROMPT,
+        max_tokens=60,
+        temperature=1.0,
+        seed=4,
         extra_body={"guided_json": schema},
     )
     jsonschema.validate(json.loads(r.choices[0].text), schema)
