@@ -13,7 +13,7 @@ encoding on a real (tiny) teacher, dedup precision/recall on a planted set.
 3. Dedup on ``testing.planted`` (exact, near, paraphrase copies of 12 originals):
    precision and recall of the dropped rows per filter setting.
 
-Run: ``python benchmarks/synthesis.py [--workdir bench-synth] [--skip-teacher]``
+Run: ``python benchmarks/synthesis.py [--workdir bench-synth] [--skip-teacher] [--repeat 3]``
 """
 
 from __future__ import annotations
@@ -262,29 +262,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="requests per encoding")
     parser.add_argument("--teacher-steps", type=int, default=150)
     parser.add_argument("--skip-teacher", action="store_true", help="skip section 2")
+    parser.add_argument("--skip-throughput", action="store_true", help="skip section 1")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
 
-    t = throughput(args.workdir, args.n, args.batch, args.latency, args.repeat)
-    results["throughput"] = t
-    print(
-        f"[1] {args.n} pairs, {args.batch}/request, teacher latency {args.latency}s, "
-        f"median of {args.repeat} runs"
-    )
-    base_sleep, base = t["llmvm_serial_sleep"], t["llmvm_serial_nosleep"]
-    print(f"    LLM-VM serial with sleep    : {base_sleep:7.1f} pairs/s")
-    print(f"    LLM-VM serial without sleep : {base:7.1f} pairs/s")
-    for suffix, label in (("", "end to end"), ("_after_startup", "workers up")):
-        for w in (1, 2, 4):
-            v = t[f"ours_{w}_workers{suffix}"]
-            print(
-                f"    ours, {w} worker(s), {label:10s}: {v:7.1f} pairs/s  "
-                f"= {v / base_sleep:5.1f}x with-sleep, {v / base:5.1f}x no-sleep, "
-                f"{v / t[f'ours_1_workers{suffix}']:4.2f}x 1 worker"
-            )
+    if not args.skip_throughput:
+        t = throughput(args.workdir, args.n, args.batch, args.latency, args.repeat)
+        results["throughput"] = t
+        print(
+            f"[1] {args.n} pairs, {args.batch}/request, teacher latency {args.latency}s, "
+            f"median of {args.repeat} runs"
+        )
+        base_sleep, base = t["llmvm_serial_sleep"], t["llmvm_serial_nosleep"]
+        print(f"    LLM-VM serial with sleep    : {base_sleep:7.1f} pairs/s")
+        print(f"    LLM-VM serial without sleep : {base:7.1f} pairs/s")
+        for suffix, label in (("", "end to end"), ("_after_startup", "workers up")):
+            for w in (1, 2, 4):
+                v = t[f"ours_{w}_workers{suffix}"]
+                print(
+                    f"    ours, {w} worker(s), {label:10s}: {v:7.1f} pairs/s  "
+                    f"= {v / base_sleep:5.1f}x with-sleep, {v / base:5.1f}x no-sleep, "
+                    f"{v / t[f'ours_1_workers{suffix}']:4.2f}x 1 worker"
+                )
 
     if not args.skip_teacher:
         p = parse_success(args.workdir, args.requests, args.teacher_steps)
