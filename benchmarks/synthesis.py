@@ -100,16 +100,25 @@ def ours(base_url: str, n: int, batch: int, workers: int, workdir: Path) -> tupl
     return kept / elapsed, kept / (elapsed - report["startup_s"])
 
 
-def throughput(workdir: Path, n: int, batch: int, latency_s: float, repeat: int) -> dict:
+def throughput(
+    workdir: Path, n: int, batch: int, latency_s: float, repeat: int, serial_n: int
+) -> dict:
     from llmvm_ray.config import RayConfig
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.testing.stub_teacher import StubTeacher
 
     init_ray(RayConfig(num_cpus=4, include_dashboard=False))
-    figures: dict = {"n": n, "batch": batch, "latency_s": latency_s, "repeat": repeat}
+    figures: dict = {
+        "n": n,
+        "serial_n": serial_n,
+        "batch": batch,
+        "latency_s": latency_s,
+        "repeat": repeat,
+    }
     with StubTeacher(["jsonl"], per_answer=batch, latency_s=latency_s) as stub:
-        figures["llmvm_serial_sleep"] = llmvm_serial(stub.url, n, batch, sleep=True)
-        figures["llmvm_serial_nosleep"] = llmvm_serial(stub.url, n, batch, sleep=False)
+        # serial: its time is linear in the count, so pairs/s does not depend on it
+        figures["llmvm_serial_sleep"] = llmvm_serial(stub.url, serial_n, batch, sleep=True)
+        figures["llmvm_serial_nosleep"] = llmvm_serial(stub.url, serial_n, batch, sleep=False)
     import statistics
 
     for w in (1, 2, 4):
@@ -258,6 +267,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="pairs per throughput run")
     parser.add_argument("--batch", type=int, default=5, help="examples per request")
     parser.add_argument("--latency", type=float, default=0.3, help="stub teacher latency (s)")
+    parser.add_argument("--serial-n", type=int, help="pairs for LLM-VM's loop (default --n)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per worker count (median)")
     parser.add_argument("--requests", type=int, default=16, help="requests per encoding")
     parser.add_argument("--teacher-steps", type=int, default=150)
@@ -270,15 +280,16 @@ def main() -> None:
     results: dict = {}
 
     if not args.skip_throughput:
-        t = throughput(args.workdir, args.n, args.batch, args.latency, args.repeat)
+        serial_n = args.serial_n or args.n
+        t = throughput(args.workdir, args.n, args.batch, args.latency, args.repeat, serial_n)
         results["throughput"] = t
         print(
             f"[1] {args.n} pairs, {args.batch}/request, teacher latency {args.latency}s, "
             f"median of {args.repeat} runs"
         )
         base_sleep, base = t["llmvm_serial_sleep"], t["llmvm_serial_nosleep"]
-        print(f"    LLM-VM serial with sleep    : {base_sleep:7.1f} pairs/s")
-        print(f"    LLM-VM serial without sleep : {base:7.1f} pairs/s")
+        print(f"    LLM-VM serial ({serial_n} pairs) with sleep    : {base_sleep:7.1f} pairs/s")
+        print(f"    LLM-VM serial ({serial_n} pairs) without sleep : {base:7.1f} pairs/s")
         for suffix, label in (("", "end to end"), ("_after_startup", "workers up")):
             for w in (1, 2, 4):
                 v = t[f"ours_{w}_workers{suffix}"]
