@@ -20,6 +20,7 @@ from rich.console import Console
 from llmvm_ray.agents.cli import agent_app
 from llmvm_ray.config import Config, load_config, render_reference
 from llmvm_ray.errors import ConfigError
+from llmvm_ray.synthesis.cli import synth_app
 from llmvm_ray.train.cli import finetune_app
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(finetune_app, name="finetune")
 docs_app = typer.Typer(help="Generate the published docs artifacts.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 app.add_typer(agent_app, name="agent")
+app.add_typer(synth_app, name="synth")
 
 ConfigOption = Annotated[
     Path | None,

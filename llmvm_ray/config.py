@@ -241,6 +241,67 @@ class SynthesisConfig(Section):
     example_delim: str = Field("<END>", description="Stop marker appended to completions.")
     temperature: float = Field(1.0, ge=0, le=2, description="Teacher sampling temperature.")
     max_tokens: int = Field(1000, ge=1, description="Teacher tokens per synthesis request.")
+    # -- prompts and encoding (llmvm_ray/synthesis/) --
+    family: Literal["auto", "completion", "chat"] = Field(
+        "auto", description="Prompt template family; `auto` follows `teacher.api`."
+    )
+    prompt_variants: list[str] = Field(
+        default_factory=list,
+        description="Own templates (`{context}` `{examples}` `{n}` `{format}`); none: built-ins.",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message of chat templates; none uses the built-in one."
+    )
+    encoding: Literal["auto", "guided_json", "json", "delimited"] = Field(
+        "auto",
+        description="How examples travel: `auto` is guided_json for a hosted teacher, else json.",
+    )
+    seed: int = Field(0, ge=0, description="Seed of k-shot sampling, variant rotation, teacher.")
+    answer_with_teacher: bool = Field(
+        False,
+        description="Answer each new prompt with the teacher's own call (not the generated text).",
+    )
+    answer_max_tokens: int = Field(
+        256, ge=1, description="Completion tokens of those answers (the optimizer: the task's)."
+    )
+    # -- retries, budget, validation --
+    request_retries: int = Field(
+        3, ge=0, description="Retries of one teacher request (errors, nothing parsed)."
+    )
+    backoff_s: float = Field(0.5, ge=0, description="First retry delay (doubles, with jitter).")
+    backoff_max_s: float = Field(8.0, ge=0, description="Longest retry delay.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Timeout of one teacher request.")
+    attempt_budget: float = Field(
+        3.0, ge=1, description="Most requests per run, as a multiple of target / batch size."
+    )
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer synthesized prompts are invalid.")
+    max_completion_chars: int = Field(
+        4000, ge=1, description="Longer synthesized completions are invalid."
+    )
+    # -- dedup --
+    dedup_keys: Literal["prompt", "prompt_completion"] = Field(
+        "prompt", description="Fields that make two examples the same (exact and near dedup)."
+    )
+    minhash_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard cutoff of near-duplicates; none is off."
+    )
+    minhash_num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    minhash_ngram: int = Field(3, ge=1, description="Character n-gram size of MinHash shingles.")
+    embedding_model: str | None = Field(
+        "all-MiniLM-L6-v2",
+        description="Semantic dedup encoder (sentence-transformers id or folder); none/'' is off.",
+    )
+    # -- parallelism --
+    num_workers: int = Field(2, ge=1, description="Synthesis worker actors of a batch run.")
+    max_in_flight: int = Field(8, ge=1, description="Teacher requests in flight, all workers.")
+    requests_per_s: float | None = Field(
+        None, gt=0, description="Teacher requests per second, all workers; none is unlimited."
+    )
+    worker_num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per synthesis worker.")
+    stats_interval_s: float = Field(10.0, gt=0, description="How often a run logs its stats.")
+    optimizer_min_seeds: int = Field(
+        2, ge=1, description="Recorded rows a task needs before `data_synthesis` runs."
+    )
 
 
 class TrainConfig(Section):

@@ -47,6 +47,10 @@ class OptimizerActor:
         self.buffers: dict[str, list[dict[str, Any]]] = {}
         self.buffered_since: dict[str, float] = {}
         self.gating: set[str] = set()
+        # data_synthesis: tasks that asked for it, and those synthesizing now (synthesis/).
+        self.synthesis_wanted: set[str] = set()
+        self.synthesizing: set[str] = set()
+        self._synthesis_runs: set[asyncio.Task] = set()
         self._finetunes = None
         self._loop: asyncio.Task | None = None
         self._rng = random.Random()
@@ -94,7 +98,9 @@ class OptimizerActor:
 
     # -- the request path ----------------------------------------------------------------
 
-    async def route(self, spec: dict[str, Any], finetune: bool) -> dict[str, Any]:
+    async def route(
+        self, spec: dict[str, Any], finetune: bool, data_synthesis: bool = False
+    ) -> dict[str, Any]:
         """Who answers this request, and what to do with the answer."""
         self._ensure_loop()
         task_spec = TaskSpec.from_dict(spec)
@@ -106,6 +112,8 @@ class OptimizerActor:
             self.tasks[task_id] = state
             self.seen_prompts[task_id] = set()
             self._save(state)
+        if data_synthesis and state.synthesized == 0:
+            self.synthesis_wanted.add(task_id)
         student = state.route == "student" and state.adapter is not None
         return {
             "task_id": task_id,
@@ -131,6 +139,8 @@ class OptimizerActor:
                 continue
             seen.add(row["prompt"])
             split = "holdout" if state.examples % every == every - 1 else "train"
+            if row.get("source") == "synthesis":
+                split = "train"  # the gate measures against real teacher answers only
             state.examples += 1
             state.holdout += split == "holdout"
             state.synthesized += row.get("source") == "synthesis"
@@ -233,6 +243,8 @@ class OptimizerActor:
         for state in list(self.tasks.values()):
             if state.active_run is not None:
                 await self._follow_run(state)
+            elif state.task_id in self.synthesis_wanted:
+                self._maybe_synthesize(state)  # the fine-tune waits for the new rows
             elif self._wants_training(state) and not self.buffers.get(state.task_id):
                 await self._start_run(state)
 
@@ -252,6 +264,53 @@ class OptimizerActor:
             self.buffered_since.setdefault(task_id, time.monotonic())
             raise
         self._save(state)
+
+    # -- data synthesis (llmvm_ray/synthesis/) --------------------------------------------
+
+    def _maybe_synthesize(self, state: TaskState) -> None:
+        """Start synthesis once the task has enough real rows to show the teacher."""
+        if state.task_id in self.synthesizing:
+            return
+        if state.examples - state.holdout < self.config.synthesis.optimizer_min_seeds:
+            return
+        self.synthesizing.add(state.task_id)
+        task = asyncio.get_running_loop().create_task(self._synthesize(state))
+        self._synthesis_runs.add(task)  # a reference keeps it alive until it ends
+        task.add_done_callback(self._synthesis_runs.discard)
+
+    async def _synthesize(self, state: TaskState) -> None:
+        from llmvm_ray.synthesis.for_task import synthesize_for_task
+
+        task_id = state.task_id
+        try:
+            await self._flush(task_id)
+            rows = await asyncio.to_thread(self._rows, state)
+            new, report = await synthesize_for_task(
+                self.config,
+                task_id=task_id,
+                spec=state.spec,
+                rows=[r for r in rows if r.get("split") != "holdout"],
+                existing=rows,
+            )
+            added = await self.record(task_id, new)
+            await self._flush(task_id)
+            task_report = report["tasks"][task_id]
+            logger.info("task %s: synthesized %d rows (%s)", task_id, added, task_report)
+            state.event(
+                "synthesized",
+                run_id=report["run_id"],
+                added=added,
+                stop_reason=task_report["stop_reason"],
+                funnel={k: task_report[k] for k in ("requested", "generated", "parsed", "valid")}
+                | {"unique": task_report["unique"], "kept": task_report["kept"]},
+            )
+        except Exception as exc:  # the fine-tune goes ahead on the real rows
+            logger.exception("task %s: synthesis failed", task_id)
+            state.event("synthesis_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.synthesis_wanted.discard(task_id)
+            self.synthesizing.discard(task_id)
+            self._save(state)
 
     def _wants_training(self, state: TaskState) -> bool:
         return self._training_blocker(state) is None

@@ -48,6 +48,7 @@ class OptimizeCall:
     teacher: str | None = None
     student: str | None = None
     api_key: str | None = None  # the teacher key from the request, never stored
+    data_synthesis: bool = False  # synthesize more examples before the task's fine-tune
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ class OptimizingService:
             stop=call.stop,
             guided=call.guided,
         )
-        decision = await self.optimizer.route.remote(spec.to_dict(), call.finetune)
+        decision = await self.optimizer.route.remote(
+            spec.to_dict(), call.finetune, call.data_synthesis
+        )
         task_id = decision["task_id"]
         if decision["route"] == "student":
             adapter = AdapterRef(**decision["adapter"])

@@ -160,6 +160,7 @@ class OpenAIService:
                 seed=self._seed(request.seed),
                 guided=oa.guided_spec(request),
                 finetune=request.finetune,
+                data_synthesis=request.data_synthesis,
                 teacher=request.big_model,
                 student=request.small_model,
                 api_key=request.openai_key,
@@ -194,6 +195,7 @@ class OpenAIService:
                 seed=self._seed(request.seed),
                 guided=oa.guided_spec(request),
                 finetune=request.finetune,
+                data_synthesis=request.data_synthesis,
             )
         )
         self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
