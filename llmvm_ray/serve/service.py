@@ -21,7 +21,7 @@ from llmvm_ray.errors import (
     ServiceUnavailableError,
 )
 from llmvm_ray.observability.metrics import ServeMetrics
-from llmvm_ray.optimizer.router import OptimizeCall, OptimizingService
+from llmvm_ray.optimizer.router import OptimizeCall, OptimizeResult, OptimizingService
 from llmvm_ray.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -35,6 +35,7 @@ from llmvm_ray.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    LLMVMMetadata,
     ModelCard,
     ModelList,
     StatsResponse,
@@ -148,27 +149,40 @@ class OpenAIService:
             return CompleteResponse(
                 completion=run.answer, llmvm=meta, agent=run.model_dump(mode="json")
             )
-        result = await self._optimizing().complete(
+        result = await self._optimize(
+            request,
+            tenant,
+            request.context,
+            request.prompt,
+            finetune=request.finetune,
+            data_synthesis=request.data_synthesis,
+            teacher=request.big_model,
+            student=request.small_model,
+            api_key=request.openai_key,
+        )
+        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
+        return CompleteResponse(
+            completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
+        )
+
+    async def _optimize(
+        self, request: Any, tenant: str, context: str, prompt: str, **flags: Any
+    ) -> OptimizeResult:
+        """One call on the optimizing path with ``request``'s sampling and guided fields;
+        ``flags`` are the remaining ``OptimizeCall`` fields (finetune, teacher, ...)."""
+        return await self._optimizing().complete(
             OptimizeCall(
                 tenant=tenant,
-                context=request.context,
-                prompt=request.prompt,
+                context=context,
+                prompt=prompt,
                 max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
                 temperature=request.temperature,
                 top_p=request.top_p,
                 stop=tuple(request.stop_list()),
                 seed=self._seed(request.seed),
                 guided=oa.guided_spec(request),
-                finetune=request.finetune,
-                data_synthesis=request.data_synthesis,
-                teacher=request.big_model,
-                student=request.small_model,
-                api_key=request.openai_key,
+                **flags,
             )
-        )
-        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
-        return CompleteResponse(
-            completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
         )
 
     async def _optimized_completion(
@@ -183,27 +197,15 @@ class OpenAIService:
             raise InvalidRequestError(
                 "the optimizing model takes one prompt string and n=1", param="prompt"
             )
-        result = await self._optimizing().complete(
-            OptimizeCall(
-                tenant=tenant,
-                context=request.context or "",
-                prompt=request.prompt,
-                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                stop=tuple(request.stop_list()),
-                seed=self._seed(request.seed),
-                guided=oa.guided_spec(request),
-                finetune=request.finetune,
-                data_synthesis=request.data_synthesis,
-            )
+        result = await self._optimize(
+            request,
+            tenant,
+            request.context or "",
+            request.prompt,
+            finetune=request.finetune,
+            data_synthesis=request.data_synthesis,
         )
         self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
-        usage = Usage(
-            prompt_tokens=result.meta.prompt_tokens,
-            completion_tokens=result.meta.completion_tokens,
-            total_tokens=result.meta.prompt_tokens + result.meta.completion_tokens,
-        )
         return CompletionResponse(
             id=new_id("cmpl"),
             created=now(),
@@ -211,7 +213,7 @@ class OpenAIService:
             choices=[
                 CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)
             ],
-            usage=usage,
+            usage=_usage(result.meta),
             llmvm=result.meta,
         )
 
@@ -237,26 +239,10 @@ class OpenAIService:
         context = "\n".join(m.text() for m in system)
         if request.context is not None:
             context = request.context + context
-        result = await self._optimizing().complete(
-            OptimizeCall(
-                tenant=tenant,
-                context=context,
-                prompt=turns[0].text(),
-                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                stop=tuple(request.stop_list()),
-                seed=self._seed(request.seed),
-                guided=oa.guided_spec(request),
-                finetune=request.finetune,
-            )
+        result = await self._optimize(
+            request, tenant, context, turns[0].text(), finetune=request.finetune
         )
         self.metrics.observe("chat", OPTIMIZING_MODEL, result.meta)
-        usage = Usage(
-            prompt_tokens=result.meta.prompt_tokens,
-            completion_tokens=result.meta.completion_tokens,
-            total_tokens=result.meta.prompt_tokens + result.meta.completion_tokens,
-        )
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
@@ -268,7 +254,7 @@ class OpenAIService:
                     finish_reason=result.finish_reason,
                 )
             ],
-            usage=usage,
+            usage=_usage(result.meta),
             llmvm=result.meta,
         )
 
@@ -578,3 +564,11 @@ async def _merge(streams: list[Any], firsts: list[Any]) -> AsyncIterator[tuple[i
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _usage(meta: LLMVMMetadata) -> Usage:
+    return Usage(
+        prompt_tokens=meta.prompt_tokens,
+        completion_tokens=meta.completion_tokens,
+        total_tokens=meta.prompt_tokens + meta.completion_tokens,
+    )
