@@ -199,14 +199,16 @@ def loop(ray_session, serve_port, tmp_path_factory):
     serve.delete(teacher_app)
 
 
-def wait_for(predicate, timeout_s=600, poll_s=0.5, what="condition"):
+def wait_for(predicate, timeout_s=600, poll_s=0.5, what="condition", detail=None):
+    """Poll ``predicate`` until truthy; on timeout say what was awaited and, with ``detail``
+    (e.g. the task view), the state it was stuck in."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
 
 
 def asker(task, seed=1):
@@ -340,7 +342,11 @@ def test_promotion_shadow_checks_and_rollback_on_disagreement(drift_loop):
     task_id = ask(a)[0]["llmvm"]["task_id"]
     for _ in range(FIRST_RUN_EXAMPLES + 3):
         ask(a)
-    view = wait_for(lambda: (t := a.task(task_id))["route"] == "student" and t, what="promotion")
+    view = wait_for(
+        lambda: (t := a.task(task_id))["route"] == "student" and t,
+        what="promotion",
+        detail=lambda: a.task(task_id),
+    )
     assert view["gate"]["passed"] is True and view["rollbacks"] == 0
     prompt = task.dynamic_prompt("May 2, 2010")
     same = [a.complete(prompt, context=task.context, seed=11) for _ in range(2)]
@@ -395,7 +401,11 @@ def test_record_gate_promote_shadow_rollback(loop):
     # -- 3. more rows -> retrain -> the gate passes -> promotion -------------------------
     while a.task(task_id)["examples"]["recorded"] < FIRST_RUN_EXAMPLES * GROWTH * 1.4:
         ask(a)
-    view = wait_for(lambda: (t := a.task(task_id))["route"] == "student" and t, what="promotion")
+    view = wait_for(
+        lambda: (t := a.task(task_id))["route"] == "student" and t,
+        what="promotion",
+        detail=lambda: a.task(task_id),
+    )
     assert view["gate"]["passed"] is True and view["gate"]["score"] >= 0.9
     assert len(view["fine_tunes"]) == 2
     adapter = view["adapter"]
