@@ -5,7 +5,13 @@ Seeds (Parquet file/folder or JSONL with ``prompt``, ``completion``, optional ``
 and ``O/stats.json``. Run the same command again after an interruption to resume: saved
 units are kept, missing ones are requested (see ``llmvm_ray.synthesis.job``). Exit codes:
 0 every task reached its target, 3 a task stopped short (its reason is in stats.json and
-the log), 2 bad arguments or seeds.
+the log), 2 bad arguments or seeds, 130 stopped.
+
+``ray job stop`` (SIGTERM) or Ctrl+C stops it cleanly: requests in flight are cancelled,
+every finished unit is already saved, the worker actors are removed, ``stats.json`` says
+``"stopped": true`` and no ``data.parquet`` is written; submit the same command again to
+resume. (Ray's own SIGTERM handler, installed by ``ray.init``, would end the process at
+once, so this job installs its handler again after connecting.)
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 
 from llmvm_ray.config import load_config
@@ -21,6 +29,22 @@ from llmvm_ray.errors import LLMVMError
 from llmvm_ray.runtime import init_ray
 
 EXIT_SHORT = 3
+EXIT_STOPPED = 130
+
+
+def _catch_stops(stop: threading.Event) -> None:
+    """SIGTERM (``ray job stop``) and SIGINT only set a flag; the run polls it.
+
+    Installed twice: before connecting, and again after, because ``ray.init`` replaces the
+    SIGTERM handler with Ray's own, which ends the process at once.
+    """
+
+    def handle(signum: int, _frame: object) -> None:
+        print(f"[synth] received signal {signum}: stopping", flush=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
 
 
 def _overrides(items: list[str]) -> dict:
@@ -73,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", action="append", default=[], help="synthesis KEY=VALUE")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    _catch_stops(stop)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     overrides = _overrides(args.set)
@@ -89,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         # A hosted teacher is reached through Serve, so even --local needs Ray.
         # Inside a Ray job RAY_ADDRESS names the cluster; 'auto' picks it up.
         init_ray(config.ray.model_copy(update={"address": config.ray.address or "auto"}))
+        _catch_stops(stop)
+    if stop.is_set():
+        return EXIT_STOPPED
     try:
         report = run_job(
             config,
@@ -99,11 +128,19 @@ def main(argv: list[str] | None = None) -> int:
             existing=args.existing,
             use_pool=not args.local,
             on_unit=Progress(),
+            should_stop=stop.is_set,
         )
     except LLMVMError as exc:
         print(f"{type(exc).__name__} ({exc.param}): {exc.message}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1), flush=True)
+    if report["stopped"]:
+        print(
+            f"[synth] stopped: {report['units_saved']} units saved in {args.output}; "
+            "submit the same command again to resume",
+            flush=True,
+        )
+        return EXIT_STOPPED
     for task, outcome in report["tasks"].items():
         print(f"[synth] task {task}: {outcome['stop_reason']}", flush=True)
     return 0 if report["reached"] else EXIT_SHORT

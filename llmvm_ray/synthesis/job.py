@@ -18,6 +18,8 @@ Resumable: each finished unit is saved as ``{out}/units/{task}/{unit}.json`` (at
 before it is absorbed, and ``{out}/run.json`` pins the run's identity (run id, seeds hash,
 target, teacher, settings). Running again with the same arguments replays saved units and
 requests only the missing ones; different arguments are refused rather than mixed.
+A run stopped through ``should_stop`` writes ``stats.json`` (``"stopped": true``) but no
+``data.parquet``: that file appears only when the run has finished.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def run_job(
     use_pool: bool = True,
     on_unit: Callable[[UnitResult], None] | None = None,
     deduper_factory: Callable[[], Deduper] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a batch synthesis; returns the report also written to stats.json.
 
@@ -282,6 +285,7 @@ def run_job(
                 existing=existing_rows,
                 units=units,
                 on_progress=on_unit,
+                should_stop=should_stop,
             )
         )
     finally:
@@ -294,14 +298,16 @@ def run_job(
         {"run_id": rid, "kind": "bad_seed", "seed_id": _str(b.get("seed_id")), "error": b["error"]}
         for b in bad_seeds
     ]
-    _write_parquet(out_dir, out_dir.path("data.parquet"), result.rows(), DATA_SCHEMA)
-    _write_parquet(out_dir, out_dir.path("errors.parquet"), errors, ERROR_SCHEMA)
+    if not result.stopped:
+        _write_parquet(out_dir, out_dir.path("data.parquet"), result.rows(), DATA_SCHEMA)
+        _write_parquet(out_dir, out_dir.path("errors.parquet"), errors, ERROR_SCHEMA)
     report = {
         "run_id": rid,
         "output": out_dir.to_uri(out_dir.path("data.parquet")),
         "bad_seeds": len(bad_seeds),
         "elapsed_s": round(time.monotonic() - started, 3),
         "startup_s": round(startup_s, 3),
+        "units_saved": sum(len(t.done) for t in result.tasks.values()),
         **result.report(),
     }
     out_dir.write_bytes(out_dir.path("stats.json"), json.dumps(report, indent=2).encode())

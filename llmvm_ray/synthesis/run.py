@@ -10,10 +10,18 @@ requests; then its ``Outcome`` says which, and why (the biggest losses and teach
 
 Resuming: units already saved are replayed (in unit order) before anything is requested, and
 only units never saved are planned, so a resumed run neither repeats nor loses a unit.
+Each unit is saved as soon as it finishes (not at the end of its wave), so an interrupted
+run loses at most the requests in flight.
+
+Stopping: ``should_stop`` (e.g. set by a job's SIGTERM handler) is polled while a wave runs;
+when it turns true the wave is cancelled, the units finished so far are absorbed (they are
+already saved) and the result says ``stopped``: running again resumes from there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -28,6 +36,7 @@ from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitPlan, Un
 logger = logging.getLogger(__name__)
 
 WAVE_FACTOR = 4
+STOP_POLL_S = 0.1  # how often a running wave checks ``should_stop``
 Work = list[tuple[TaskInput, UnitPlan]]
 Execute = Callable[[Work, Callable[[UnitResult], None]], Awaitable[list[UnitResult]]]
 
@@ -109,6 +118,7 @@ class TaskRun:
 @dataclass
 class RunResult:
     tasks: dict[str, TaskRun]
+    stopped: bool = False  # asked to stop before every task finished
 
     def rows(self) -> list[dict[str, Any]]:
         return [row for t in self.tasks.values() for row in t.kept]
@@ -126,6 +136,7 @@ class RunResult:
         outcomes = {k: t.outcome().to_dict() for k, t in self.tasks.items()}
         return {
             "reached": all(o["reached"] for o in outcomes.values()),
+            "stopped": self.stopped,
             "totals": self.totals().to_dict(),
             "tasks": outcomes,
         }
@@ -145,6 +156,7 @@ async def drive(
     existing: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     units: UnitStore | None = None,
     on_progress: Callable[[UnitResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     s = synthesizer.settings
     units = units or MemoryUnits()
@@ -165,15 +177,19 @@ async def drive(
     # stay current on big runs, and a target met early does not leave a huge wave running.
     wave_cap = WAVE_FACTOR * s.max_in_flight
 
+    finished: list[UnitResult] = []
+
     def done_one(result: UnitResult) -> None:
         nonlocal last_log
+        units.save(result)  # durable at once: a stop or a crash loses only what is in flight
+        finished.append(result)
         if time.monotonic() - last_log >= s.stats_interval_s:
             last_log = time.monotonic()
             logger.info("synthesis %s: %s", synthesizer.run_id, run.totals().line())
         if on_progress is not None:
             on_progress(result)
 
-    while True:
+    while not (should_stop and should_stop()):
         work: Work = []
         for tr in run.tasks.values():
             if tr.finished:
@@ -183,19 +199,40 @@ async def drive(
             work += [(tr.task, synthesizer.plan(tr.task, u)) for u in tr.next_units(count)]
         if not work:
             break
-        results = await execute(work, done_one)
-        for result in sorted(results, key=lambda r: (r.task, r.unit)):
-            units.save(result)
+        finished.clear()
+        complete = await _wave(execute(work, done_one), should_stop)
+        for result in sorted(finished, key=lambda r: (r.task, r.unit)):
             run.tasks[result.task].absorb(result)
+        if not complete:
+            break
         logger.info("synthesis %s wave done: %s", synthesizer.run_id, run.totals().line())
+    run.stopped = any(not tr.finished for tr in run.tasks.values())
+    if run.stopped:
+        logger.info("synthesis %s stopped: finished units are saved", synthesizer.run_id)
     for key, tr in run.tasks.items():
         logger.info("synthesis %s task %s: %s", synthesizer.run_id, key, tr.outcome().stop_reason)
     return run
 
 
+async def _wave(running: Awaitable[list[UnitResult]], should_stop) -> bool:
+    """Await a wave; cancel it when ``should_stop`` turns true. True if it completed."""
+    if should_stop is None:
+        await running
+        return True
+    task = asyncio.ensure_future(running)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_POLL_S)
+        if should_stop() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+    task.result()  # an executor's own failure propagates
+    return True
+
+
 def local_executor(synthesizer: Synthesizer) -> Execute:
     """Run units in this process's event loop (the synthesizer's limiter bounds them)."""
-    import asyncio
 
     async def execute(work: Work, done: Callable[[UnitResult], None]) -> list[UnitResult]:
         async def one(task: TaskInput, plan: UnitPlan) -> UnitResult:

@@ -311,3 +311,124 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- batch synthesis ----------------------------------------------------------------------
+# The teacher is the loopback stub (a remote OpenAI-compatible API's stand-in, run by this
+# test process): the synthesis tests cover a real model as teacher; here what is under test
+# is the job on a cluster — worker actors, its output, `ray job stop` and resubmission.
+
+SYNTH = {
+    "seed_batch_size": 2,
+    "seed_examples": 2,
+    "request_retries": 1,
+    "backoff_s": 0.01,
+    "max_in_flight": 2,
+    "worker_num_cpus": 0.05,
+    "embedding_model": "",  # TOML has no null: empty turns semantic dedup off
+    "encoding": "json",
+    "stats_interval_s": 0.5,
+}
+
+
+def synth_files(root: Path, stub) -> tuple[Path, Path]:
+    """A config naming the stub as teacher, and six seeds (JSONL)."""
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in SYNTH.items())
+    config = root / "synth.toml"
+    config.write_text(
+        f"storage_path = {json.dumps(str(root / 'store'))}\n"
+        f'[teacher]\nbase_url = "{stub.url}"\nmodel = "stub"\n[synthesis]\n{body}\n'
+    )
+    seeds = root / "seeds.jsonl"
+    seeds.write_text(
+        "".join(
+            json.dumps({"id": f"s{i}", "prompt": f"Seed question {i}?", "completion": f" {i}"})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    return config, seeds
+
+
+def synth_command(config: Path, seeds: Path, out: Path, target: int) -> str:
+    return (
+        f"python jobs/synthesize.py --config {config} --seeds {seeds} --output {out} "
+        f"--target {target} --workers 2"
+    )
+
+
+def unit_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("units/*/*.json"))}
+
+
+def test_synthesis_job_writes_the_rows_with_provenance(jobs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from llmvm_ray.testing.stub_teacher import StubTeacher
+
+    out = tmp_path / "out"
+    with StubTeacher(["fenced", "good"]) as stub:
+        config, seeds = synth_files(tmp_path, stub)
+        status, logs = finish(jobs, submit(jobs, synth_command(config, seeds, out, 8)))
+    assert status == "SUCCEEDED", logs
+    assert "[synth] task default: target reached: 8 kept" in logs
+
+    rows = pq.read_table(out / "data.parquet").to_pylist()
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(rows) == 8 == stats["tasks"]["default"]["kept"]
+    assert len({r["prompt"] for r in rows}) == 8
+    assert stats["totals"]["requests"] == len(stub.requests) == len(unit_files(out)) == 4
+    teacher_examples = {(e["prompt"], e["completion"]) for i in range(4) for e in stub.examples(i)}
+    for r in rows:
+        assert (r["prompt"], r["completion"]) in teacher_examples
+        assert (r["source"], r["run_id"], r["teacher"], r["task"], r["encoding"]) == (
+            "synthesis",
+            run_id,
+            "stub",
+            "default",
+            "json",
+        )
+        assert r["completion_by"] == "synthesis" and r["template"].startswith("completion/")
+        assert len(r["seed_ids"]) == 2 and set(r["seed_ids"]) <= {f"s{i}" for i in range(6)}
+        assert 0 <= r["unit"] < 4 and r["attempt"] == 0 and r["created_at"] > 0
+
+
+def test_synthesis_job_stopped_then_resubmitted_loses_and_duplicates_nothing(jobs, tmp_path):
+    """`ray job stop` mid-run, then the same command again: the saved units are kept as they
+    are (not asked again), the missing ones are asked, and the output is exactly the target."""
+    import pyarrow.parquet as pq
+
+    from llmvm_ray.testing.stub_teacher import StubTeacher
+
+    out, target = tmp_path / "out", 40  # 20 requests of 2 examples, 2 in flight, 0.3 s each
+    with StubTeacher(["slow"], slow_s=0.3) as stub:
+        config, seeds = synth_files(tmp_path, stub)
+        command = synth_command(config, seeds, out, target)
+        job_id = submit(jobs, command)
+        wait_for(lambda: len(unit_files(out)) >= 3, 120, "saved units")
+        jobs.stop_job(job_id)
+        status, logs = finish(jobs, job_id, timeout_s=60)
+        assert status == "STOPPED", logs
+        assert "[synth] received signal 15: stopping" in logs  # the job's own handler acted
+        assert "submit the same command again to resume" in logs
+        before = unit_files(out)
+        stopped = json.loads((out / "stats.json").read_text())
+        assert stopped["stopped"] and stopped["units_saved"] == len(before)
+        asked_before = len(stub.requests)
+        assert 3 <= len(before) < target // 2, "the job finished before it was stopped"
+        assert not (out / "data.parquet").exists()
+
+        status, logs = finish(jobs, submit(jobs, command))
+        assert status == "SUCCEEDED", logs
+        asked_again = len(stub.requests) - asked_before
+    after = unit_files(out)
+    assert all(after[name] == data for name, data in before.items())  # kept as saved
+    assert asked_again == len(after) - len(before)  # only the missing units were asked
+    rows = pq.read_table(out / "data.parquet").to_pylist()
+    assert len(rows) == target and len({r["prompt"] for r in rows}) == target
+    saved = {
+        (row["prompt"], row["unit"]) for data in after.values() for row in json.loads(data)["rows"]
+    }
+    assert {(r["prompt"], r["unit"]) for r in rows} == saved  # every saved row, once
+    assert {r["run_id"] for r in rows} == {json.loads((out / "run.json").read_text())["run_id"]}

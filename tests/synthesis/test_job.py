@@ -106,6 +106,45 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert stats["totals"]["requests"] == len(after)
 
 
+def test_a_stopped_run_loses_only_requests_in_flight_and_resumes(tmp_path):
+    """``should_stop`` (what jobs/synthesize.py's SIGTERM handler sets) cancels the run
+    mid-wave: every finished unit is saved at once, so at most ``max_in_flight`` requests
+    are lost; no data.parquet; the same call again completes it."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    out, target = tmp_path / "out", 40
+    with StubTeacher(["slow"], slow_s=0.2) as stub:
+        config = load_config(
+            overrides={
+                "storage_path": str(tmp_path),
+                "teacher": {"base_url": stub.url, "model": "stub"},
+                "synthesis": synthesis_settings(),
+            }
+        )
+        stopped = run_job(
+            config,
+            str(seeds),
+            str(out),
+            target=target,
+            use_pool=False,
+            should_stop=lambda: len(stub.requests) >= 5,  # mid-wave (a wave is 8 here)
+        )
+        saved = unit_files(out)
+        asked = len(stub.requests)
+        assert stopped["stopped"] and not stopped["reached"]
+        assert 0 < stopped["units_saved"] == len(saved) < target // 2
+        assert asked - len(saved) <= config.synthesis.max_in_flight  # only those in flight
+        assert not (out / "data.parquet").exists()
+        assert json.loads((out / "stats.json").read_text())["stopped"]
+
+        report = run_job(config, str(seeds), str(out), target=target, use_pool=False)
+    after = unit_files(out)
+    assert report["reached"] and not report["stopped"]
+    assert all(after[name] == data for name, data in saved.items())
+    assert len(stub.requests) - asked == len(after) - len(saved)  # saved units not re-asked
+    rows = pq.read_table(out / "data.parquet").to_pylist()
+    assert len(rows) == target == len({r["prompt"] for r in rows})
+
+
 def test_resume_with_different_arguments_is_refused(tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     with StubTeacher(["good"]) as stub:
