@@ -403,6 +403,7 @@ def test_record_gate_promote_shadow_rollback(loop):
         ask(a)
     view = wait_for(
         lambda: (t := a.task(task_id))["route"] == "student" and t,
+        timeout_s=1200,  # a 600-step fine-tune on a busy 2-core machine
         what="promotion",
         detail=lambda: a.task(task_id),
     )
