@@ -123,7 +123,12 @@ def quick_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     runner, deploy_teacher, teacher_app = _start_loop(
         root, serve_port, *quick_models, "quick", QUICK_TRAINING
     )
-    yield {"url": runner.url, "task": get_task("date"), "teacher_app": teacher_app}
+    yield {
+        "url": runner.url,
+        "task": get_task("date"),
+        "teacher_app": teacher_app,
+        "config": runner.config,
+    }
     runner.stop()
     serve.delete(teacher_app)
 
@@ -143,6 +148,25 @@ def guided_loop(ray_session, serve_port, tmp_path_factory, quick_models):
         "guided",
         QUICK_TRAINING,
         optimizer={"gate_metric": "valid", "gate_threshold": 1.0, "shadow_rate": 0.0},
+    )
+    yield {"url": runner.url, "task": get_task("date")}
+    runner.stop()
+    serve.delete(teacher_app)
+
+
+@pytest.fixture(scope="module")
+def failing_loop(ray_session, serve_port, tmp_path_factory, quick_models):
+    """Every fine-tune of this app fails inside Ray Train (LoRA on a module the model lacks)."""
+    from ray import serve
+
+    from llmvm_ray.testing.tasks import get_task
+
+    runner, _, teacher_app = _start_loop(
+        tmp_path_factory.mktemp("failing-loop"),
+        serve_port,
+        *quick_models,
+        "failing",
+        {**QUICK_TRAINING, "lora_target_modules": ["no_such_module"]},
     )
     yield {"url": runner.url, "task": get_task("date")}
     runner.stop()
@@ -293,6 +317,55 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
     time.sleep(1)
     after = a.task(task_id)
     assert after["examples"]["recorded"] == before and after["route"] == "teacher"
+
+
+def test_an_adapter_that_fails_to_load_is_never_promoted(quick_loop, tmp_path):
+    """The gate runs a new adapter on the live student replica: one that cannot load scores
+    0 with the error (so it is never promoted) and leaves the replica serving."""
+    import asyncio
+
+    from llmvm_ray.optimizer.manager import OptimizerActor
+
+    broken = tmp_path / "adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}'
+    )
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    # A second view of the app's optimizer state (tasks and rows from its storage); its gate
+    # talks to the app's real student replica.
+    optimizer = OptimizerActor(quick_loop["config"])
+    state = next(s for s in optimizer.tasks.values() if s.holdout)
+    gate = asyncio.run(optimizer._gate(state, "ftjob-broken-adapter", str(broken)))
+    assert gate.passed is False and gate.score == 0.0 and gate.examples == state.holdout
+    assert gate.error, gate
+    r = httpx.post(
+        f"{quick_loop['url']}/v1/completions",
+        json={"model": "student", "prompt": "Input: x\nOutput:", "max_tokens": 4},
+        headers={"Authorization": f"Bearer {KEY_A}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_failed_fine_tune_leaves_the_task_serving(failing_loop):
+    task, url = failing_loop["task"], failing_loop["url"]
+    a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
+    ask = asker(task, seed=9)
+    task_id = ask(a)[0]["llmvm"]["task_id"]
+    for _ in range(FIRST_RUN_EXAMPLES + 3):
+        ask(a)
+    ended = wait_for(
+        lambda: next(
+            (e for e in a.task(task_id)["events"] if e["event"] == "finetune_ended"), None
+        ),
+        what="the fine-tune to end",
+        detail=lambda: a.task(task_id),
+    )
+    assert "FAILED" in ended["status"] and ended["error"], ended
+    view = a.task(task_id)
+    assert view["route"] == "teacher" and view["active_fine_tune"] is None and not view["gate"]
+    assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
 
 
 ISO_DATE = r" [0-9]{4}-[0-9]{2}-[0-9]{2}"
