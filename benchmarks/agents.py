@@ -2,8 +2,10 @@
 questions of HELD-OUT people, offline on CPU.
 
 Trains (once) a tiny step model on the agents' decision steps of the training people
-(``llmvm agent train-steps``), then scores each agent with it through the real pieces: the
-knowledge-tool server on loopback, agent runs in a pool of Ray actors, HTTP tool calls.
+through the fine-tune pipeline (``llmvm agent train-steps``: a Parquet dataset under
+``WORKDIR/store``, a full fine-tune with Ray Train, registered in the registry), then scores
+each agent with it through the real pieces: the knowledge-tool server on loopback, agent runs
+in a pool of Ray actors, HTTP tool calls.
 Prints accuracy per category, model and tool calls per question, latency; writes the full
 report (with a few wrong answers' traces) as JSON.
 
@@ -36,32 +38,45 @@ def main() -> None:
     parser.add_argument("--runs-per-actor", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from llmvm_ray.agents.bench.finetune import train_step_model
     from llmvm_ray.agents.bench.knowledge import KnowledgeBase
-    from llmvm_ray.agents.bench.offline import train_step_model
     from llmvm_ray.agents.bench.runner import evaluate, format_report, select_questions
     from llmvm_ray.agents.model import ModelSpec
-    from llmvm_ray.config import AgentsConfig, RayConfig
+    from llmvm_ray.config import AgentsConfig, load_config
     from llmvm_ray.runtime import init_ray
 
     kb = KnowledgeBase.load()
     model_dir = args.workdir / "step-model"
     info_file = model_dir / "agent_steps.json"
+    config = load_config(
+        overrides={
+            "storage_path": str((args.workdir / "store").resolve()),
+            "registry": {"actor_name": "llmvm-agents-bench-registry"},
+            # Ray Train's clean-up needs the dashboard (shared/ENVIRONMENT.md).
+            "ray": {"num_cpus": 4, "include_dashboard": True},
+        }
+    )
+    init_ray(config.ray)
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     if not info_file.exists():
         print(f"training the step model ({args.steps} steps)...", file=sys.stderr)
-        train_step_model(model_dir, kb, steps=args.steps)
+        train_step_model(model_dir, kb, config, steps=args.steps, echo=echo)
     info = json.loads(info_file.read_text())
     if args.more_steps and info["steps"] < args.steps + args.more_steps:
-        # A second phase at a lower peak rate: 2000 + 2000 steps took the held-out
-        # questions from ~74 % to ~90 % (see the report).
+        # A second phase at a lower peak rate, from the first phase's model.
         print(f"training it further ({args.more_steps} steps)...", file=sys.stderr)
-        train_step_model(model_dir, kb, steps=args.more_steps, lr=1e-3, seed=1, resume=True)
+        train_step_model(
+            model_dir, kb, config, steps=args.more_steps, lr=1e-3, seed=1, resume=True, echo=echo
+        )
         info = json.loads(info_file.read_text())
     print(
         f"step model: {info['steps']} steps, {info['train_seconds']} s, exact match on "
         f"held-out step examples {info['step_exact_match']:.1%}"
     )
     questions = select_questions(kb, args.per_category or None, heldout=True)
-    init_ray(RayConfig(num_cpus=4, include_dashboard=False))
     reports = []
     for agent in args.agents.split(","):
         report = evaluate(

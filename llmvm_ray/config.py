@@ -320,6 +320,13 @@ class TrainConfig(Section):
     lr: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="After warm-up: `constant`, or `cosine` decay to `min_lr_ratio` x lr.",
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Where `cosine` ends (last step), as a fraction of `lr`."
+    )
     max_grad_norm: float = Field(
         1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off."
     )

@@ -239,30 +239,40 @@ def train_steps(
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     eval_n: Annotated[int, typer.Option(help="Held-out step examples scored at the end.")] = 200,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to 10 %).")] = 2e-3,
     resume: Annotated[
-        bool, typer.Option(help="Train the model already in OUT_DIR further.")
+        bool, typer.Option(help="Fine-tune the model already in OUT_DIR further.")
     ] = False,
     data: DataOption = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Train a tiny model on the agents' decision steps (training people only), offline."""
-    from llmvm_ray.agents.bench.offline import train_step_model
+    """Train a tiny model on the agents' decision steps (training people only), offline,
+    through the fine-tune pipeline (Parquet dataset, Ray Train, registry); Ctrl+C cancels."""
+    from llmvm_ray.agents.bench.finetune import train_step_model
+    from llmvm_ray.errors import LLMVMError
+    from llmvm_ray.runtime import init_ray
 
+    if resume and not (out_dir / "agent_steps.json").exists():
+        raise typer.BadParameter(f"no step model to resume in {out_dir}")
+    cfg = _load(config)
     kb = _kb(data)
-    with _err().status("training") as status:
-
-        def progress(step: int, loss: float) -> None:
-            status.update(f"training: step {step}/{steps}, loss {loss:.3f}")
-
+    init_ray(cfg.ray)
+    console = _err()
+    try:
         info = train_step_model(
             out_dir,
             kb,
+            cfg,
             steps=steps,
             batch_size=batch_size,
             seed=seed,
             eval_n=eval_n,
             lr=lr,
             resume=resume,
-            progress=progress,
+            echo=lambda line: console.print(line, markup=False),
         )
+    except LLMVMError as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        console.print(f"[red]{type(exc).__name__}{where}: {exc.message}[/red]")
+        raise typer.Exit(1) from None
     print(json.dumps(info, indent=2))

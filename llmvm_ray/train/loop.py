@@ -51,7 +51,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     per_epoch = steps_per_epoch(len(train_set), world, p.batch_size)
     total_steps = p.max_steps or p.epochs * per_epoch
 
-    strategy = build_strategy(model, p)
+    strategy = build_strategy(model, p, total_steps)
     step = 0
     resumed_from: int | None = None
     checkpoint = ray.train.get_checkpoint()

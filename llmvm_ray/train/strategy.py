@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,29 @@ STATE_FILE = "state.json"  # loop position; written by rank 0 next to the weight
 _DS_TAG = "state"
 
 
-def _warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> Any:
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def lr_factor(params: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning rate of step ``step`` (0-based) as a fraction of ``params.lr``.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    Linear warm-up, then ``constant`` or ``cosine`` down to ``min_lr_ratio`` at the last
+    step. The decay matters for small models trained from scratch: it is what turns a noisy
+    ~90 % into a stable figure in the last steps, where a constant rate keeps jumping around.
+    """
+    warmup = params.warmup_steps
+    floor = params.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if params.lr_schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return factor
+
+
+def _schedule(optimizer: torch.optim.Optimizer, params: TrainConfig, total_steps: int) -> Any:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(params, total_steps))
 
 
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -35,7 +54,7 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 class DDPStrategy:
     """DistributedDataParallel through Ray Train's ``prepare_model`` (gloo on CPU)."""
 
-    def __init__(self, model: torch.nn.Module, params: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, params: TrainConfig, total_steps: int) -> None:
         from ray.train.torch import get_device, prepare_model
 
         self.device = get_device()
@@ -44,7 +63,7 @@ class DDPStrategy:
         self.optimizer = torch.optim.AdamW(
             _trainable(model), lr=params.lr, weight_decay=params.weight_decay
         )
-        self.scheduler = _warmup_schedule(self.optimizer, params.warmup_steps)
+        self.scheduler = _schedule(self.optimizer, params, total_steps)
         self.model = prepare_model(model, parallel_strategy="ddp")
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
@@ -94,7 +113,7 @@ class DDPStrategy:
 class DeepSpeedStrategy:
     """DeepSpeed ZeRO stage 1, 2 or 3 on the process group Ray Train already set up."""
 
-    def __init__(self, model: torch.nn.Module, params: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, params: TrainConfig, total_steps: int) -> None:
         import deepspeed
 
         # deepspeed.initialize takes no backend; this reuses Ray Train's gloo/NCCL group.
@@ -103,7 +122,7 @@ class DeepSpeedStrategy:
         optimizer = torch.optim.AdamW(
             _trainable(model), lr=params.lr, weight_decay=params.weight_decay
         )
-        scheduler = _warmup_schedule(optimizer, params.warmup_steps)
+        scheduler = _schedule(optimizer, params, total_steps)
         config = {
             "train_micro_batch_size_per_gpu": params.batch_size,
             "gradient_accumulation_steps": 1,
@@ -164,10 +183,11 @@ class DeepSpeedStrategy:
 Strategy = DDPStrategy | DeepSpeedStrategy
 
 
-def build_strategy(model: torch.nn.Module, params: TrainConfig) -> Strategy:
+def build_strategy(model: torch.nn.Module, params: TrainConfig, total_steps: int) -> Strategy:
+    """The run's strategy; ``total_steps`` is where a decaying schedule ends."""
     if params.zero_stage == 0:
-        return DDPStrategy(model, params)
-    return DeepSpeedStrategy(model, params)
+        return DDPStrategy(model, params, total_steps)
+    return DeepSpeedStrategy(model, params, total_steps)
 
 
 def write_state(directory: Path, state: dict[str, Any]) -> None:

@@ -4,13 +4,13 @@ A 2–3 layer model with a character-level vocabulary cannot follow few-shot pro
 learns fixed-format mappings in minutes on CPU (shared/ENVIRONMENT.md). Trained on the
 dynamic prompts of every decision step (``steps.py``) of the training people only, it plays
 the role a distilled student plays in production: it sees the dynamic prompt and implies the
-step's context. ``LocalStepModel`` batches concurrent agent calls into one ``generate``.
+step's context. It is trained through the fine-tune pipeline (``finetune.py``);
+``LocalStepModel`` batches concurrent agent calls into one ``generate``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -35,72 +35,6 @@ def step_task(kb: KnowledgeBase, flat_dir: Path | None = None) -> StepTask:
     train = list(split_questions(kb.questions, heldout=False))
     extra = flat_examples(flat_dir) if flat_dir else flat_examples()
     return StepTask(name="agent-steps", instruction="", sampler=make_sampler(train, extra))
-
-
-def train_step_model(
-    out_dir: str | Path,
-    kb: KnowledgeBase,
-    *,
-    steps: int = 2000,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    hidden_size: int = 128,
-    num_layers: int = 3,
-    seed: int = 0,
-    eval_n: int = 200,
-    resume: bool = False,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Build and train the step model in ``out_dir`` (``resume``: train the one already
-    there further, with a fresh schedule); returns what was done and how well.
-
-    ``agent_steps.json`` in the folder keeps the history: every phase's steps, lr and seed.
-    """
-    from llmvm_ray.testing.tiny import build_tiny_model, train_on_task
-
-    task = step_task(kb)
-    info_file = Path(out_dir) / "agent_steps.json"
-    started = time.perf_counter()
-    if resume:
-        if not info_file.exists():
-            raise FileNotFoundError(f"no step model to resume in {out_dir}")
-        info = json.loads(info_file.read_text())
-        info.setdefault("phases", [])
-    else:
-        build_tiny_model(
-            out_dir,
-            "llama",
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            max_position_embeddings=512,
-            seed=seed,
-            corpus_tasks=[task],
-        )
-        info = {
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "steps": 0,
-            "train_seconds": 0.0,
-            "phases": [],
-        }
-    accuracy = train_on_task(
-        out_dir,
-        task,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        instruction=False,
-        eval_n=eval_n,
-        progress=progress,
-    )
-    info["phases"].append({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed})
-    info["steps"] += steps
-    info["train_seconds"] = round(info["train_seconds"] + time.perf_counter() - started, 1)
-    info["step_exact_match"] = accuracy
-    info["step_eval_examples"] = eval_n
-    info_file.write_text(json.dumps(info, indent=2))
-    return info
 
 
 class LocalStepModel:
