@@ -472,7 +472,7 @@ def test_record_gate_promote_shadow_rollback(loop):
     assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
 
     # -- 3. more rows -> retrain -> the gate passes -> promotion -------------------------
-    while a.task(task_id)["examples"]["recorded"] < FIRST_RUN_EXAMPLES * GROWTH * 1.4:
+    while len(a.task(task_id)["fine_tunes"]) < 2:  # the retrain starts at GROWTH x the rows
         ask(a)
     view = wait_for(
         lambda: (t := a.task(task_id))["route"] == "student" and t,
