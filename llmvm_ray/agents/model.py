@@ -53,7 +53,31 @@ class AgentModel(Protocol):
     async def aclose(self) -> None: ...
 
 
-class ServiceModel:
+class _HTTPModel:
+    """One lazily opened ``httpx.AsyncClient`` per backend (opened inside the event loop
+    that uses it, never at construction)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float) -> None:
+        self._base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self._base_url, headers=headers, timeout=self.timeout_s, trust_env=False
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class ServiceModel(_HTTPModel):
     """``POST {url}/v1/complete``: the optimizing completion of an llmvm service."""
 
     def __init__(
@@ -66,21 +90,11 @@ class ServiceModel:
         finetune: bool = True,
         timeout_s: float = 60.0,
     ) -> None:
+        super().__init__(url, api_key, timeout_s)
         self.url = url.rstrip("/")
-        self.api_key = api_key
         self.big_model = big_model
         self.small_model = small_model
         self.finetune = finetune
-        self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            self._client = httpx.AsyncClient(
-                base_url=self.url, headers=headers, timeout=self.timeout_s, trust_env=False
-            )
-        return self._client
 
     async def complete(self, call: StepCall) -> ModelReply:
         body: dict[str, Any] = {
@@ -121,31 +135,16 @@ class ServiceModel:
             latency_s=time.perf_counter() - started,
         )
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
-
-class OpenAIModel:
+class OpenAIModel(_HTTPModel):
     """Any OpenAI-compatible completions endpoint (context and prompt sent together)."""
 
     def __init__(
         self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0
     ) -> None:
+        super().__init__(base_url, api_key, timeout_s)
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = api_key
-        self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, timeout=self.timeout_s, trust_env=False
-            )
-        return self._client
 
     async def complete(self, call: StepCall) -> ModelReply:
         body: dict[str, Any] = {
@@ -172,11 +171,6 @@ class OpenAIModel:
             model=self.model,
             latency_s=time.perf_counter() - started,
         )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 class ModelSpec(BaseModel):
