@@ -108,67 +108,43 @@ class KnowledgeBase:
             person = row["person"]
             a2 = str(row["A2"][0])
             if category.startswith("birthplace_"):
-                relation = category.removeprefix("birthplace_")
-                country = row["birth_country"]
-                tables["birth_country"][norm(person)] = country
-                tables[relation][norm(country)] = a2
+                tool2, key2 = category.removeprefix("birthplace_"), "country"
+                a1 = row["birth_country"]
                 # The data set's own spelling of the country (A1) is an alias of the key.
                 for alias in row["A1"]:
-                    tables[relation].setdefault(norm(alias), a2)
-                q = Question(
-                    row["Question"],
-                    _aliases(row["Answer"]),
-                    category,
-                    person,
-                    row["Q1"],
-                    country,
-                    row["Q2"],
-                    a2,
-                    "birth_country",
-                    relation,
-                    "person",
-                    "country",
-                )
-            elif category == "birthyear_nobelLiterature":
-                year = str(row["A1"][0])
-                tables["birth_year"][norm(person)] = year
-                tables["nobel_literature"][norm(year)] = a2
-                q = Question(
-                    row["Question"],
-                    _aliases(row["Answer"]),
-                    category,
-                    person,
-                    row["Q1"],
-                    year,
-                    row["Q2"],
-                    a2,
-                    "birth_year",
-                    "nobel_literature",
-                    "person",
-                    "year",
-                )
-            elif category == "birthdate_uspresident":
-                date = str(row["A1"][0])
-                tables["birth_date"][norm(person)] = date
-                tables["us_president"][norm(date)] = a2
-                q = Question(
-                    row["Question"],
-                    _aliases(row["Answer"]),
-                    category,
-                    person,
-                    row["Q1"],
-                    date,
-                    row["Q2"],
-                    a2,
-                    "birth_date",
-                    "us_president",
-                    "person",
-                    "date",
-                )
+                    tables[tool2].setdefault(norm(alias), a2)
+                tool1 = "birth_country"
+            elif category in _DATED_HOPS:
+                tool1, tool2, key2 = _DATED_HOPS[category]
+                a1 = str(row["A1"][0])
             else:
                 continue
-            questions.append(q)
+            tables[tool1][norm(person)] = a1
+            tables[tool2][norm(a1)] = a2
+            questions.append(
+                Question(
+                    row["Question"],
+                    _aliases(row["Answer"]),
+                    category,
+                    person,
+                    row["Q1"],
+                    a1,
+                    row["Q2"],
+                    a2,
+                    tool1,
+                    tool2,
+                    "person",
+                    key2,
+                )
+            )
         return cls(tables, questions)
+
+
+_DATED_HOPS = {
+    # category: (first-hop relation, second-hop relation, second-hop key kind)
+    "birthyear_nobelLiterature": ("birth_year", "nobel_literature", "year"),
+    "birthdate_uspresident": ("birth_date", "us_president", "date"),
+}
 
 
 def _aliases(values: list[Any]) -> tuple[str, ...]:
