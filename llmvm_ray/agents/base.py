@@ -150,32 +150,29 @@ class Agent:
         self.trace.event("answer", depth, question, answer=answer, source="memory")
         return answer or None
 
-    async def guess_input(
-        self, question: str, index: int, depth: int, *, retries: int = 1
+    async def guess_once(
+        self, question: str, index: int, depth: int, attempt: int
     ) -> dict[str, Any] | None:
-        """The tool's JSON input, retried with rising temperature; None if never valid."""
+        """One try at the tool's JSON input (temperature rises with ``attempt``); None when
+        the reply does not parse. A tool without dynamic params needs no model call."""
         tool = self.tool(index)
         keys = list(tool.dynamic_params)
         if not keys:
             return {}
-        for attempt in range(retries):
-            temperature = attempt * self.config.retry_temperature_step
-            text = await self.ask(
-                "input",
-                P.input_context(tool),
-                P.input_prompt(question, keys),
-                temperature=temperature,
-            )
-            values = P.parse_input(text, keys)
-            self.trace.event(
-                "input",
-                depth,
-                question,
-                tool=index,
-                raw=text.strip(),
-                values=values,
-                attempt=attempt + 1,
-            )
-            if values is not None:
-                return values
-        return None
+        text = await self.ask(
+            "input",
+            P.input_context(tool),
+            P.input_prompt(question, keys),
+            temperature=attempt * self.config.retry_temperature_step,
+        )
+        values = P.parse_input(text, keys)
+        self.trace.event(
+            "input",
+            depth,
+            question,
+            tool=index,
+            raw=text.strip(),
+            values=values,
+            attempt=attempt + 1,
+        )
+        return values

@@ -41,29 +41,9 @@ class FlatAgent(Agent):
             raise GiveUp(f"no_valid_tool: the model picked no valid tool for: {question}")
         if choice in (P.MEMORY_TOOL, P.NO_TOOL):
             return await self.recall(question, facts, 1)
-        tool = self.tool(choice)
-        keys = list(tool.dynamic_params)
         error = "no valid input"
         for attempt in range(self.config.input_retries):
-            temperature = attempt * self.config.retry_temperature_step
-            values: dict | None = {}
-            if keys:
-                text = await self.ask(
-                    "input",
-                    P.input_context(tool),
-                    P.input_prompt(question, keys),
-                    temperature=temperature,
-                )
-                values = P.parse_input(text, keys)
-                self.trace.event(
-                    "input",
-                    1,
-                    question,
-                    tool=choice,
-                    raw=text.strip(),
-                    values=values,
-                    attempt=attempt + 1,
-                )
+            values = await self.guess_once(question, choice, 1, attempt)
             if values is None:
                 continue
             reply = await self.call_tool(choice, values)

@@ -73,7 +73,7 @@ class RebelAgent(Agent):
             raise GiveUp(f"no_valid_tool: the model picked no valid tool for: {question}")
         if choice in (P.MEMORY_TOOL, P.NO_TOOL):
             return await self.recall(question, facts, depth)
-        values = await self.guess_input(question, choice, depth)
+        values = await self.guess_once(question, choice, depth, attempt=0)
         if values is None:
             raise GiveUp(f"no_valid_input: no valid input for tool {choice}")
         reply = await self.call_tool(choice, values)
