@@ -53,7 +53,6 @@ whatever N (loading and evaluation not included):
 from __future__ import annotations
 
 import calendar
-import math
 import random
 import string
 import time
@@ -243,10 +242,9 @@ def make_student_base(
     classes like any hub model. ``progress(step, loss)`` is called after every step.
     Seeding does not disturb the caller's global torch RNG.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmvm_ray.testing.tiny import build_tiny_model
+    from llmvm_ray.testing.tiny import _collate, build_tiny_model, fit
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -262,40 +260,23 @@ def make_student_base(
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     rng = random.Random(seed + 1)
-    warmup = max(1, steps // 20)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=STUDENT_PRETRAIN_LR, weight_decay=0.01)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        for step in range(steps):
-            docs = [pretraining_document(rng) for _ in range(STUDENT_PRETRAIN_BATCH_SIZE)]
-            rows = [ids + [eos] for ids in tokenizer(docs)["input_ids"]]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            labels = torch.full((len(rows), width), -100, dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
-                labels[i, : len(row)] = torch.tensor(row)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if progress is not None:
-                progress(step + 1, float(loss.item()))
-    model.eval()
+
+    def next_batch() -> tuple[Any, Any, Any]:
+        docs = [pretraining_document(rng) for _ in range(STUDENT_PRETRAIN_BATCH_SIZE)]
+        # Plain LM loss: every token of each document (and its EOS) is a label.
+        return _collate([([], ids + [eos]) for ids in tokenizer(docs)["input_ids"]], pad)
+
+    fit(
+        model,
+        next_batch,
+        steps=steps,
+        lr=STUDENT_PRETRAIN_LR,
+        warmup=max(1, steps // 20),
+        seed=seed,
+        weight_decay=0.01,
+        progress=progress,
+    )
     model.save_pretrained(out)
     return out
 

@@ -11,7 +11,6 @@ something.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -288,6 +287,46 @@ def _collate(
     return ids, mask, labels
 
 
+def fit(
+    model: Any,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    progress: Callable[[int, float], None] | None = None,
+) -> None:
+    """The plain PyTorch loop of the tiny builders (teacher training, student pretraining):
+    AdamW, the fine-tune pipeline's linear warm-up then cosine decay to 10 % of ``lr``,
+    gradients clipped at 1.0. ``next_batch()`` gives (input ids, attention mask, labels);
+    ``progress(step, loss)`` is called after every step (1-based). Seeded without touching
+    the caller's global RNG; the model is left in eval mode."""
+    import torch
+
+    from llmvm_ray.config import TrainConfig
+    from llmvm_ray.train.strategy import lr_factor
+
+    schedule = TrainConfig(lr=lr, warmup_steps=warmup, lr_schedule="cosine", min_lr_ratio=0.1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps))
+        for step in range(steps):
+            ids, mask, labels = next_batch()
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if progress is not None:
+                progress(step + 1, float(loss.item()))
+    model.eval()
+
+
 def train_on_task(
     model_dir: str | Path,
     task: Task | str,
@@ -310,7 +349,6 @@ def train_on_task(
     called after every step (1-based). ``instruction=False`` trains a student-style model on
     the dynamic prompt only.
     """
-    import torch
 
     task = get_task(task) if isinstance(task, str) else task
     if steps < 1:
@@ -318,30 +356,17 @@ def train_on_task(
     model, tokenizer = _load(model_dir)
     rng = random.Random(seed)
     warmup = max(1, steps // 20) if warmup_steps is None else warmup_steps
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac))
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        for step in range(steps):
-            batch = _encode_examples(tokenizer, task, rng, batch_size, instruction)
-            ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if progress is not None:
-                progress(step + 1, float(loss.item()))
-    model.eval()
+    fit(
+        model,
+        lambda: _collate(
+            _encode_examples(tokenizer, task, rng, batch_size, instruction), tokenizer.pad_token_id
+        ),
+        steps=steps,
+        lr=lr,
+        warmup=warmup,
+        seed=seed,
+        progress=progress,
+    )
     model.save_pretrained(model_dir)
     return evaluate(model, task, n=eval_n, instruction=instruction, tokenizer=tokenizer)
 
