@@ -250,6 +250,25 @@ def asker(task, seed=1):
     return ask
 
 
+def first_answers(client, ask, task, url):
+    """A task's first two answers: one through LLM-VM's Client, one through the OpenAI
+    endpoint (model "llmvm" + the context extension); both from the teacher, one task.
+    Returns the first answer, its expected target, the task id and the OpenAI client."""
+    first, target = ask(client)
+    meta = first["llmvm"]
+    assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
+    r = oa.completions.create(
+        model="llmvm",
+        prompt=task.dynamic_prompt("June 1, 1999"),
+        temperature=0,
+        max_tokens=16,
+        extra_body={"context": task.context, "finetune": True},
+    )
+    assert r.llmvm["task_id"] == meta["task_id"] and r.llmvm["served_by"] == "teacher"
+    return first, target, meta["task_id"], oa
+
+
 def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
     """Recording → fine-tune → a failing gate keeps the task on the teacher; tenants are
     isolated; a dead teacher is a clear 5xx and records nothing."""
@@ -259,21 +278,9 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
     a = Client(url=url, api_key=KEY_A, big_model="teacher", small_model="student")
     b = Client(url=url, api_key=KEY_B, big_model="teacher", small_model="student")
     ask = asker(task)
-    first, _ = ask(a)
-    meta = first["llmvm"]
-    assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
-    task_id = meta["task_id"]
+    _, _, task_id, oa = first_answers(a, ask, task, url)
     waits_for = wait_for(lambda: a.task(task_id)["next_fine_tune_waits_for"], what="a reason")
     assert "more training examples" in waits_for, waits_for
-    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
-    r = oa.completions.create(
-        model="llmvm",
-        prompt=task.dynamic_prompt("June 1, 1999"),
-        temperature=0,
-        max_tokens=16,
-        extra_body={"context": task.context, "finetune": True},
-    )
-    assert r.llmvm["task_id"] == task_id and r.llmvm["served_by"] == "teacher"
     # So does chat: system messages are the context, the user message the dynamic prompt.
     chat = oa.chat.completions.create(
         model="llmvm",
@@ -447,21 +454,8 @@ def test_record_gate_promote_shadow_rollback(loop):
     ask = asker(task)
 
     # -- 1. the teacher answers and every answer is recorded ----------------------------
-    first, target = ask(a)
-    meta = first["llmvm"]
-    assert meta["served_by"] == "teacher" and meta["base_model"] == "teacher"
+    first, target, task_id, oa = first_answers(a, ask, task, url)
     assert task.score(first["completion"], target)
-    task_id = meta["task_id"]
-    # The OpenAI endpoint reaches the same task (model "llmvm" + context extension).
-    oa = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
-    r = oa.completions.create(
-        model="llmvm",
-        prompt=task.dynamic_prompt("June 1, 1999"),
-        temperature=0,
-        max_tokens=16,
-        extra_body={"context": task.context, "finetune": True},
-    )
-    assert r.llmvm["task_id"] == task_id and r.llmvm["served_by"] == "teacher"
     for _ in range(FIRST_RUN_EXAMPLES + 2):
         ask(a)
 
