@@ -11,32 +11,22 @@ with this process and the registry records the run CANCELLED, since the cancel w
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from typing import Any
 
-from llmvm_ray.config import load_config
-from llmvm_ray.errors import LLMVMError
+from llmvm_ray.config import load_config, parse_assignments
+from llmvm_ray.errors import ConfigError, LLMVMError
 from llmvm_ray.runtime import init_ray
 from llmvm_ray.train.follow import EXIT_CODES, follow
 from llmvm_ray.train.service import FinetuneService
 
 
 def _pairs(items: list[str], what: str, parse_json: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--{what} {item!r}: expected KEY=VALUE")
-        value: Any = raw
-        if parse_json:
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-        out[key] = value
-    return out
+    try:
+        return parse_assignments(items, f"--{what}", as_json=parse_json)
+    except ConfigError as exc:
+        raise SystemExit(exc.message) from None
 
 
 def main(argv: list[str] | None = None) -> int:

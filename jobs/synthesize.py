@@ -24,8 +24,8 @@ import sys
 import threading
 import time
 
-from llmvm_ray.config import load_config
-from llmvm_ray.errors import LLMVMError
+from llmvm_ray.config import load_config, parse_assignments
+from llmvm_ray.errors import ConfigError, LLMVMError
 from llmvm_ray.runtime import init_ray
 
 EXIT_SHORT = 3
@@ -48,16 +48,10 @@ def _catch_stops(stop: threading.Event) -> None:
 
 
 def _overrides(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE (a synthesis.* field)")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+    try:
+        return parse_assignments(items, "--set", hint=" (a synthesis.* field)")
+    except ConfigError as exc:
+        raise SystemExit(exc.message) from None
 
 
 class Progress:

@@ -11,8 +11,10 @@ when it is stale.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -567,6 +569,27 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from exc
     return config
+
+
+def parse_assignments(
+    items: Iterable[str], option: str, *, as_json: bool = True, hint: str = ""
+) -> dict[str, Any]:
+    """Repeated ``--option KEY=VALUE`` items as a dict. With ``as_json`` a value is JSON when
+    it parses (numbers, booleans, lists, tables) and the raw string otherwise. A malformed
+    item raises ``ConfigError`` naming the option (``hint`` says what keys it takes)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE{hint}")
+        value: Any = raw
+        if as_json:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        out[key] = value
+    return out
 
 
 def _reveal(value: Any) -> Any:

@@ -99,3 +99,16 @@ def test_generated_reference_is_fresh():
     """docs/configuration.md is generated; regenerate with `llmvm config docs`."""
     doc = ROOT / "docs" / "configuration.md"
     assert doc.read_text() == render_reference(), "stale: run `llmvm config docs`"
+
+
+def test_key_value_options_parse_json_values_and_name_the_option_when_malformed():
+    from llmvm_ray.config import parse_assignments
+    from llmvm_ray.errors import ConfigError
+
+    parsed = parse_assignments(["lr=0.002", 'targets=["q_proj"]', "name=run a", "x=="], "--p")
+    assert parsed == {"lr": 0.002, "targets": ["q_proj"], "name": "run a", "x": "="}
+    assert parse_assignments(["n=3"], "--metadata", as_json=False) == {"n": "3"}
+    with pytest.raises(ConfigError, match=r"--set 'oops': expected KEY=VALUE \(hint\)"):
+        parse_assignments(["oops"], "--set", hint=" (hint)")
+    with pytest.raises(ConfigError, match="--p '=1'"):
+        parse_assignments(["=1"], "--p")

@@ -7,15 +7,14 @@ Ray: the configured cluster, a running local one, or (``--start-ray``) one start
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from llmvm_ray.config import load_config
-from llmvm_ray.errors import LLMVMError
+from llmvm_ray.config import load_config, parse_assignments
+from llmvm_ray.errors import ConfigError, LLMVMError
 
 synth_app = typer.Typer(
     help="Synthesize training examples with the teacher.",
@@ -25,16 +24,10 @@ synth_app = typer.Typer(
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE (a synthesis.* field)")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+    try:
+        return parse_assignments(items, "--set", hint=" (a synthesis.* field)")
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from None
 
 
 @synth_app.command("run")

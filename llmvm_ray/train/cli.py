@@ -8,7 +8,6 @@ outlives this command (``ray start --head``, or ``ray.address`` in the config); 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmvm_ray.config import Config, load_config
-from llmvm_ray.errors import LLMVMError
+from llmvm_ray.config import Config, load_config, parse_assignments
+from llmvm_ray.errors import ConfigError, LLMVMError
 
 finetune_app = typer.Typer(
     help="Fine-tune student adapters on Ray Train.",
@@ -91,16 +90,10 @@ def _fail(exc: LLMVMError) -> typer.Exit:
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are JSON when they parse (numbers, lists, tables)."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+    try:
+        return parse_assignments(items, "--param")
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from None
 
 
 @finetune_app.command()
