@@ -18,6 +18,9 @@ from llmvm_ray.config import ModelConfig
 from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
 from llmvm_ray.serve.batching import Batcher
 
+# Prompts up to this many characters are tokenized on the event loop (~0.3 ms measured).
+_INLINE_PROMPT_CHARS = 500
+
 
 class ModelServer:
     def __init__(self, model_config: ModelConfig) -> None:
@@ -48,18 +51,32 @@ class ModelServer:
         self.engine.validate(request)
         return request
 
+    async def _prepared(
+        self, request: GenerationRequest, messages: list[dict[str, str]] | None
+    ) -> GenerationRequest:
+        """``_prepare`` off the event loop when it can take milliseconds (a grammar to
+        compile, a chat template, a long prompt to tokenize); a short plain prompt is
+        tokenized inline: a thread hop costs more, and it waits for the GIL that the decoding
+        thread holds."""
+        if (
+            messages is None
+            and request.params.guided is None
+            and len(request.prompt) <= _INLINE_PROMPT_CHARS
+        ):
+            return self._prepare(request, None)
+        return await asyncio.to_thread(self._prepare, request, messages)
+
     async def generate(
         self, request: GenerationRequest, messages: list[dict[str, str]] | None = None
     ) -> GenerationResult:
-        # Tokenizing and compiling a grammar can take milliseconds: keep the loop free.
-        request = await asyncio.to_thread(self._prepare, request, messages)
+        request = await self._prepared(request, messages)
         return await self.batcher.generate(request)
 
     async def generate_stream(
         self, request: GenerationRequest, messages: list[dict[str, str]] | None = None
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
         """Deltas as they decode, then the final result (call with ``stream=True``)."""
-        request = await asyncio.to_thread(self._prepare, request, messages)
+        request = await self._prepared(request, messages)
         async for event in self.batcher.stream(request):
             yield event
 

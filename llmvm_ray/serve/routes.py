@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.exceptions import RayActorError, RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmvm_ray.errors import AuthenticationError, LLMVMError
 from llmvm_ray.optimizer.task import tenant_of
@@ -98,7 +99,9 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return error_response(400, message, "invalid_request_error", param=param)
 
 
-def authorize(request: Request) -> str:
+# Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in a worker thread, one thread hop per request on the hot path.
+async def authorize(request: Request) -> str:
     """Check the bearer key against the app's keys; return the tenant it belongs to."""
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
@@ -116,7 +119,7 @@ def authorize(request: Request) -> str:
 Tenant = Annotated[str, Depends(authorize)]
 
 
-def bearer_key(request: Request) -> str | None:
+async def bearer_key(request: Request) -> str | None:
     """The caller's own key, handed to agents so their model calls stay in its tenant."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -125,6 +128,40 @@ def bearer_key(request: Request) -> str | None:
 
 
 BearerKey = Annotated[str | None, Depends(bearer_key)]
+
+
+class _RequestCounter:
+    """Counts every HTTP request by route, model and status code.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` runs each request in an
+    extra task with in-memory streams, a cost paid on every request of the hot path.
+    """
+
+    def __init__(self, app: ASGIApp, service: OpenAIService) -> None:
+        self.app = app
+        self.metrics = service.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            # Label by route, never by raw path: unknown paths must not grow the label set.
+            route = getattr(scope.get("route"), "path", "other")
+            # Handlers that know the request's model put its label in the request's state
+            # (see ``OpenAIService.model_label``).
+            model = scope.get("state", {}).get("llmvm_model", "none")
+            self.metrics.request(route, model, status)
 
 
 def create_app(service: OpenAIService) -> FastAPI:
@@ -159,18 +196,11 @@ def create_app(service: OpenAIService) -> FastAPI:
     for exc_class in (LLMVMError, RayError, TimeoutError, Exception):
         app.add_exception_handler(exc_class, _on_error)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        # Label by route, never by raw path: unknown paths must not grow the label set.
-        route = request.scope.get("route")
-        # Handlers that know the request's model put its label here (see ``model_label``).
-        model = getattr(request.state, "llmvm_model", "none")
-        service.metrics.request(getattr(route, "path", "other"), model, response.status_code)
-        return response
+    app.add_middleware(_RequestCounter, service=service)
 
     async def answer(call: Any) -> Response:
-        result = await asyncio.wait_for(call, timeout)
+        async with asyncio.timeout(timeout):
+            result = await call
         if isinstance(result, AsyncIterator):
             return StreamingResponse(result, media_type="text/event-stream")
         if isinstance(result, dict):
