@@ -118,6 +118,8 @@ def serve(
     with ServiceRunner(cfg) as runner:
         if not stop.is_set():
             console.print(f"[green]llmvm is serving[/green] at {runner.url}")
+            for url in runner.direct_urls():
+                console.print(f"  direct ingress (same API, no proxy hop): {url}")
             for m in cfg.models:
                 names = [m.name] + [f"{m.name}:{a}" for a in m.adapters]
                 console.print(f"  models: {', '.join(names)}")

@@ -148,6 +148,14 @@ class RayConfig(Section):
         True,
         description="Echo Ray workers' logs on this console (always in the session's log dir).",
     )
+    serve_throughput_optimized: bool = Field(
+        True,
+        description=(
+            "Ray Serve's throughput-optimized mode (`RAY_SERVE_THROUGHPUT_OPTIMIZED`) for a "
+            "locally started Ray: gRPC between deployments, handlers on each replica's own "
+            "event loop, buffered request logs, and a direct HTTP port per ingress replica."
+        ),
+    )
 
 
 class TeacherConfig(Section):

@@ -122,6 +122,17 @@ def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
     runner.stop()
 
 
+@pytest.fixture(scope="session")
+def direct_url(service):
+    """The ingress replica's own HTTP address (Serve's throughput-optimized mode, on by
+    default for a Ray that ``init_ray`` starts)."""
+    from llmvm_ray.serve.deploy import ServiceRunner
+
+    urls = ServiceRunner(service[1]).direct_urls()
+    assert urls, "no direct ingress address: is ray.serve_throughput_optimized off?"
+    return urls[0]
+
+
 @pytest.fixture()
 def client(service):
     import openai

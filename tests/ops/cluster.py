@@ -45,6 +45,9 @@ def cluster_env() -> dict[str, str]:
         RAY_AUTH_MODE="disabled",
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_USAGE_STATS_ENABLED="0",
+        # As cluster/*.yaml set them (see llmvm_ray/runtime.py).
+        RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
+        RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP="1",
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         OMP_WAIT_POLICY="PASSIVE",

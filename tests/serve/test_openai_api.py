@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 
+from tests.conftest import API_KEY
+
 pytestmark = pytest.mark.ray
 
 PROMPT = "March 5, 2021 ->"
@@ -178,3 +180,20 @@ def test_chat_response_format_json_schema(client):
         response_format={"type": "json_schema", "json_schema": {"name": "d", "schema": schema}},
     )
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_direct_ingress_answers_like_the_proxy(client, direct_url):
+    """The ingress replica's own HTTP port is the same API: same auth, same seeded text,
+    streaming included, and on loopback like the proxy."""
+    import openai
+
+    assert direct_url.startswith("http://127.0.0.1:")
+    direct = openai.OpenAI(base_url=f"{direct_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    request = {"model": "tiny:a1", "prompt": PROMPT, "max_tokens": 10, "seed": 5}
+    expected = client.completions.create(**request).choices[0].text
+    assert direct.completions.create(**request).choices[0].text == expected
+    streamed = direct.completions.create(**request, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
+    stranger = openai.OpenAI(base_url=f"{direct_url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
