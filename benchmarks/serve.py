@@ -165,7 +165,7 @@ def main() -> None:
         async def http_levels() -> None:
             for url in paths.values():
                 for model in ("batched", "unbatched"):
-                    await run_http(url, model, items[1][:4], 4)  # warm-up
+                    await run_http(url, model, items[1][:4], 1)  # warm-up, alone
             for c in levels:
                 for name, url in paths.items():
                     results[(name, c)] = await run_http(url, "batched", items[c], c)
