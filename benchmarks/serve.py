@@ -4,7 +4,8 @@ Everything runs side by side in one process on one machine, so the ratios are me
 on a shared, noisy box (absolute numbers are not). For each concurrency level the same work
 (the same prompts, seeds and lengths) goes through:
 
-- ``engine``: the engine behind the same micro-batcher, called in-process (no Ray, no HTTP);
+- ``engine``: the engine behind the same micro-batcher, called in-process (no Ray, no HTTP),
+  measured before Ray starts and again after it stops (the faster run counts);
 - ``direct``: the Ray Serve app over HTTP straight to the ingress replica's own HTTP server
   (Serve's throughput-optimized mode, on by default: ``ray.serve_throughput_optimized``);
 - ``proxy``: the same app over HTTP through the Serve proxy (the configured ``serve.port``);
