@@ -4,8 +4,7 @@ Everything runs side by side in one process on one machine, so the ratios are me
 on a shared, noisy box (absolute numbers are not). For each concurrency level the same work
 (the same prompts, seeds and lengths) goes through:
 
-- ``engine``: the engine behind the same micro-batcher, called in-process (no Ray, no HTTP),
-  measured before Ray starts and again after it stops (the faster run counts);
+- ``engine``: the engine behind the same micro-batcher, called in-process (no Ray, no HTTP);
 - ``direct``: the Ray Serve app over HTTP straight to the ingress replica's own HTTP server
   (Serve's throughput-optimized mode, on by default: ``ray.serve_throughput_optimized``);
 - ``proxy``: the same app over HTTP through the Serve proxy (the configured ``serve.port``);
@@ -15,10 +14,12 @@ The load generator is ``aiohttp`` (as vLLM's ``benchmark_serving``): on a 2-core
 client shares the cores with the server, and httpx costs ~1.3 ms of CPU per request to
 aiohttp's ~0.25 ms (measured), which would be charged to the server.
 
-Each level sends ``--per-client`` requests per concurrent client (16: 256 requests at
-concurrency 16, ~16 batches), so every run lasts seconds rather than a few batches.
+Each level alternates engine, direct and proxy runs ``--rounds`` times (this machine's speed
+drifts by tens of percent over minutes) and reports medians of the per-round ratios. Each run
+sends ``--per-client`` requests per concurrent client (32: 512 requests at
+concurrency 16, ~32 batches), so every run lasts seconds rather than a few batches.
 
-Run: ``python benchmarks/serve.py [--per-client 16] [--max-tokens 32] [--hidden 256]``
+Run: ``python benchmarks/serve.py [--per-client 32] [--max-tokens 32] [--hidden 256]``
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -91,7 +93,8 @@ async def run_http(url: str, model: str, items: list[dict], concurrency: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--per-client", type=int, default=16, help="requests per client")
+    parser.add_argument("--per-client", type=int, default=32, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations per level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
     parser.add_argument("--layers", type=int, default=4)
@@ -101,6 +104,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
 
     from llmvm_ray.config import ModelConfig, load_config
     from llmvm_ray.engine import Engine
@@ -113,33 +118,34 @@ def main() -> None:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     items = {c: work(args.per_client * c, args.max_tokens) for c in levels}
+    warmup = work(4, args.max_tokens)
+    # One untimed request per client before each timed run: the timed part is the steady
+    # state. (From cold, the burst's first request finds the batcher with no recent
+    # concurrency, runs alone, and costs Serve a whole batch of time that the in-process
+    # run, whose clients all enqueue in one loop tick, never pays.)
+    ramp = {c: work(c, args.max_tokens) for c in levels}
     model_dir = Path(tempfile.mkdtemp(prefix="llmvm-bench-")) / "model"
     build_tiny_model(model_dir, hidden_size=args.hidden, num_layers=args.layers)
     print(
         f"model: llama {args.layers} layers x {args.hidden}; {args.per_client} requests per "
-        f"client x {args.max_tokens} tokens"
+        f"client x {args.max_tokens} tokens; {args.rounds} rounds per level"
     )
 
-    results: dict[tuple[str, int], tuple[float, int]] = {}
-
-    # In-process engine behind the same batcher (the Serve replica's hot path without Serve),
-    # with the thread count a 1-CPU replica uses.
-    import torch
-
+    # The in-process engine behind the same batcher (the replica's hot path without Serve),
+    # with the thread count of a 1-CPU replica. It runs in this process while the Serve app
+    # is deployed but idle, alternating with the HTTP runs: this machine's speed drifts by
+    # tens of percent over minutes, so only runs taken side by side compare.
     torch.set_num_threads(1)
     engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir)))
+    batcher: Batcher | None = None
 
-    async def engine_levels() -> None:
-        """Measured before Ray starts and again after it stops; the faster run counts, so
-        a slow spell of this shared machine cannot flatter the serve/engine ratios."""
-        batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
-        await run_engine(batcher, items[1], 1)  # warm-up
-        for c in levels:
-            elapsed, tokens = await run_engine(batcher, items[c], c)
-            best = results.get(("engine", c), (float("inf"), 0))
-            results[("engine", c)] = min(best, (elapsed, tokens))
-
-    asyncio.run(engine_levels())
+    async def timed_engine(c: int) -> tuple[float, int]:
+        nonlocal batcher
+        if batcher is None:  # bound to the running loop
+            batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
+            await run_engine(batcher, warmup, 1)
+        await run_engine(batcher, ramp[c], c)
+        return await run_engine(batcher, items[c], c)
 
     config = load_config(
         overrides={
@@ -156,6 +162,8 @@ def main() -> None:
             ],
         }
     )
+    # runs[(path, c)]: one (seconds, tokens) per round
+    runs: dict[tuple[str, int], list[tuple[float, int]]] = {}
     with ServiceRunner(config) as runner:
         direct = runner.direct_urls()
         if not direct:
@@ -163,20 +171,32 @@ def main() -> None:
         paths = {"direct": direct[0], "proxy": runner.url}
         print(f"direct ingress: {direct[0]}; proxy: {runner.url}")
 
-        async def http_levels() -> None:
+        async def timed_http(url: str, model: str, c: int) -> tuple[float, int]:
+            await run_http(url, model, ramp[c], c)
+            return await run_http(url, model, items[c], c)
+
+        async def measure() -> None:
             for url in paths.values():
                 for model in ("batched", "unbatched"):
-                    await run_http(url, model, items[1][:4], 1)  # warm-up, alone
+                    await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
-                for name, url in paths.items():
-                    results[(name, c)] = await run_http(url, "batched", items[c], c)
-                results[("unbatched", c)] = await run_http(
-                    paths["direct"], "unbatched", items[c], c
-                )
+                for _ in range(args.rounds):
+                    runs.setdefault(("engine", c), []).append(await timed_engine(c))
+                    for name, url in paths.items():
+                        runs.setdefault((name, c), []).append(await timed_http(url, "batched", c))
+                # Unbatched is engine-bound and slow: one run is enough for its ratio.
+                runs[("unbatched", c)] = [await timed_http(paths["direct"], "unbatched", c)]
 
-        asyncio.run(http_levels())
+        asyncio.run(measure())
 
-    asyncio.run(engine_levels())
+    def rate(path: str, c: int) -> float:
+        return statistics.median(len(items[c]) / seconds for seconds, _ in runs[(path, c)])
+
+    def round_ratios(path: str, c: int) -> list[float]:
+        """This path's req/s over the engine's in the same round, per round."""
+        pairs = zip(runs[(path, c)], runs[("engine", c)], strict=True)
+        return [engine_s / path_s for (path_s, _), (engine_s, _) in pairs]
+
     print()
     header = (
         f"{'concurrency':>11} | {'engine req/s':>12} | {'direct req/s':>12} | "
@@ -186,18 +206,22 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for c in levels:
-        n = len(items[c])
-        e_s, _ = results[("engine", c)]
-        d_s, d_tok = results[("direct", c)]
-        p_s, _ = results[("proxy", c)]
-        u_s, _ = results[("unbatched", c)]
+        d_s, d_tok = runs[("direct", c)][0]
         print(
-            f"{c:>11} | {n / e_s:>12.1f} | {n / d_s:>12.1f} | {n / p_s:>11.1f} | "
-            f"{n / u_s:>15.1f} | {d_tok / d_s:>12.0f} | {e_s / d_s:>13.2f} | "
-            f"{e_s / p_s:>12.2f} | {u_s / d_s:>17.2f}"
+            f"{c:>11} | {rate('engine', c):>12.1f} | {rate('direct', c):>12.1f} | "
+            f"{rate('proxy', c):>11.1f} | {rate('unbatched', c):>15.1f} | "
+            f"{d_tok / d_s:>12.0f} | {statistics.median(round_ratios('direct', c)):>13.2f} | "
+            f"{statistics.median(round_ratios('proxy', c)):>12.2f} | "
+            f"{rate('direct', c) / rate('unbatched', c):>17.2f}"
         )
-    print("\ndirect/engine, proxy/engine: requests/s through Serve HTTP (straight to the")
-    print("ingress replica / through the Serve proxy) over the in-process engine, same work")
+        spread = []
+        for name in ("direct", "proxy"):
+            per_round = round_ratios(name, c)
+            spread.append(f"{name} {min(per_round):.2f}-{max(per_round):.2f}")
+        print(f"{'':>11}   per-round ratios: {', '.join(spread)}")
+    print("\nreq/s: median over rounds; direct/engine, proxy/engine: median over rounds of the")
+    print("Serve HTTP run (straight to the ingress replica / through the Serve proxy) over the")
+    print("in-process engine run just before it, same work")
     print("batched/unbatched: direct requests/s with max_batch_size=16 over max_batch_size=1")
 
 
