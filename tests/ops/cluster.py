@@ -40,14 +40,13 @@ def free_ports(n: int) -> list[int]:
 
 def cluster_env() -> dict[str, str]:
     """The environment every process of this cluster (and its clients) shares."""
+    from llmvm_ray.config import RayConfig
+    from llmvm_ray.runtime import ray_environment
+
     env = dict(os.environ)
+    # What `init_ray` exports for a local Ray, and cluster/*.yaml set on every node.
+    env.update(ray_environment(RayConfig()))
     env.update(
-        RAY_AUTH_MODE="disabled",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        # As cluster/*.yaml set them (see llmvm_ray/runtime.py).
-        RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
-        RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP="1",
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         OMP_WAIT_POLICY="PASSIVE",
