@@ -19,6 +19,9 @@ drifts by tens of percent over minutes) and reports medians of the per-round rat
 sends ``--per-client`` requests per concurrent client (32: 512 requests at
 concurrency 16, ~32 batches), so every run lasts seconds rather than a few batches.
 
+On a CUDA machine the engine and both Serve models run on the GPU (each replica reserves
+``--num-gpus``, default 0.4, so both fit on one card).
+
 Run: ``python benchmarks/serve.py [--per-client 32] [--max-tokens 32] [--hidden 256]``
 """
 
@@ -31,12 +34,30 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run: how many requests, how long, how many completion tokens."""
+
+    requests: int
+    seconds: float
+    tokens: int
+
+    @property
+    def req_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds
 
 
 def work(n: int, max_tokens: int) -> list[dict]:
@@ -94,6 +115,12 @@ async def run_http(url: str, model: str, items: list[dict], concurrency: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--per-client", type=int, default=32, help="requests per client")
+    parser.add_argument(
+        "--unbatched-per-client",
+        type=int,
+        default=None,
+        help="requests per client for the slow unbatched runs (default: --per-client)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternations per level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
@@ -101,6 +128,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument(
         "--batch-wait", type=float, default=None, help="batch_wait_timeout_s (default: config's)"
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        help="GPUs per Serve replica (default: 0.4 when CUDA is available, else 0)",
     )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,9 +148,14 @@ def main() -> None:
 
     if args.batch_wait is None:
         args.batch_wait = ModelConfig.model_fields["batch_wait_timeout_s"].default
+    if args.num_gpus is None:
+        args.num_gpus = 0.4 if torch.cuda.is_available() else 0.0
 
     levels = [int(c) for c in args.concurrency.split(",")]
     items = {c: work(args.per_client * c, args.max_tokens) for c in levels}
+    unbatched_items = {
+        c: work((args.unbatched_per_client or args.per_client) * c, args.max_tokens) for c in levels
+    }
     warmup = work(4, args.max_tokens)
     # One untimed request per client before each timed run: the timed part is the steady
     # state. (From cold, the burst's first request finds the batcher with no recent
@@ -128,7 +166,9 @@ def main() -> None:
     build_tiny_model(model_dir, hidden_size=args.hidden, num_layers=args.layers)
     print(
         f"model: llama {args.layers} layers x {args.hidden}; {args.per_client} requests per "
-        f"client x {args.max_tokens} tokens; {args.rounds} rounds per level"
+        f"client x {args.max_tokens} tokens; {args.rounds} rounds per level; "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        flush=True,
     )
 
     # The in-process engine behind the same batcher (the replica's hot path without Serve),
@@ -150,20 +190,27 @@ def main() -> None:
     config = load_config(
         overrides={
             "serve": {"port": 3117, "app_name": "bench"},
-            "ray": {"num_cpus": 4},
+            # No dashboard: nothing here reads it, and it costs the shared cores.
+            "ray": {"num_cpus": 4, "include_dashboard": False},
             "models": [
                 {
                     "name": "batched",
                     "model_uri": str(model_dir),
                     "max_batch_size": 16,
                     "batch_wait_timeout_s": args.batch_wait,
+                    "num_gpus": args.num_gpus,
                 },
-                {"name": "unbatched", "model_uri": str(model_dir), "max_batch_size": 1},
+                {
+                    "name": "unbatched",
+                    "model_uri": str(model_dir),
+                    "max_batch_size": 1,
+                    "num_gpus": args.num_gpus,
+                },
             ],
         }
     )
-    # runs[(path, c)]: one (seconds, tokens) per round
-    runs: dict[tuple[str, int], list[tuple[float, int]]] = {}
+    # runs[(path, c)]: one Run per round
+    runs: dict[tuple[str, int], list[Run]] = {}
     with ServiceRunner(config) as runner:
         direct = runner.direct_urls()
         if not direct:
@@ -171,9 +218,16 @@ def main() -> None:
         paths = {"direct": direct[0], "proxy": runner.url}
         print(f"direct ingress: {direct[0]}; proxy: {runner.url}")
 
-        async def timed_http(url: str, model: str, c: int) -> tuple[float, int]:
+        async def timed_http(url: str, model: str, c: int, todo: list[dict]) -> Run:
             await run_http(url, model, ramp[c], c)
-            return await run_http(url, model, items[c], c)
+            return Run(len(todo), *await run_http(url, model, todo, c))
+
+        def record(name: str, c: int, run: Run) -> None:
+            runs.setdefault((name, c), []).append(run)
+            print(
+                f"  c={c:<3} {name:<9} {run.req_s:7.1f} req/s {run.tok_s:8.0f} tok/s",
+                flush=True,
+            )
 
         async def measure() -> None:
             for url in paths.values():
@@ -181,21 +235,25 @@ def main() -> None:
                     await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
                 for _ in range(args.rounds):
-                    runs.setdefault(("engine", c), []).append(await timed_engine(c))
+                    record("engine", c, Run(len(items[c]), *await timed_engine(c)))
                     for name, url in paths.items():
-                        runs.setdefault((name, c), []).append(await timed_http(url, "batched", c))
+                        record(name, c, await timed_http(url, "batched", c, items[c]))
                 # Unbatched is engine-bound and slow: one run is enough for its ratio.
-                runs[("unbatched", c)] = [await timed_http(paths["direct"], "unbatched", c)]
+                run = await timed_http(paths["direct"], "unbatched", c, unbatched_items[c])
+                record("unbatched", c, run)
 
         asyncio.run(measure())
 
     def rate(path: str, c: int) -> float:
-        return statistics.median(len(items[c]) / seconds for seconds, _ in runs[(path, c)])
+        return statistics.median(run.req_s for run in runs[(path, c)])
+
+    def tok_rate(path: str, c: int) -> float:
+        return statistics.median(run.tok_s for run in runs[(path, c)])
 
     def round_ratios(path: str, c: int) -> list[float]:
         """This path's req/s over the engine's in the same round, per round."""
         pairs = zip(runs[(path, c)], runs[("engine", c)], strict=True)
-        return [engine_s / path_s for (path_s, _), (engine_s, _) in pairs]
+        return [path_run.req_s / engine_run.req_s for path_run, engine_run in pairs]
 
     print()
     header = (
@@ -206,11 +264,11 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for c in levels:
-        d_s, d_tok = runs[("direct", c)][0]
         print(
             f"{c:>11} | {rate('engine', c):>12.1f} | {rate('direct', c):>12.1f} | "
             f"{rate('proxy', c):>11.1f} | {rate('unbatched', c):>15.1f} | "
-            f"{d_tok / d_s:>12.0f} | {statistics.median(round_ratios('direct', c)):>13.2f} | "
+            f"{tok_rate('direct', c):>12.0f} | "
+            f"{statistics.median(round_ratios('direct', c)):>13.2f} | "
             f"{statistics.median(round_ratios('proxy', c)):>12.2f} | "
             f"{rate('direct', c) / rate('unbatched', c):>17.2f}"
         )
@@ -219,9 +277,9 @@ def main() -> None:
             per_round = round_ratios(name, c)
             spread.append(f"{name} {min(per_round):.2f}-{max(per_round):.2f}")
         print(f"{'':>11}   per-round ratios: {', '.join(spread)}")
-    print("\nreq/s: median over rounds; direct/engine, proxy/engine: median over rounds of the")
-    print("Serve HTTP run (straight to the ingress replica / through the Serve proxy) over the")
-    print("in-process engine run just before it, same work")
+    print("\nreq/s, tok/s: median over rounds; direct/engine, proxy/engine: median over rounds")
+    print("of the Serve HTTP run (straight to the ingress replica / through the Serve proxy)")
+    print("over the in-process engine run just before it, same work")
     print("batched/unbatched: direct requests/s with max_batch_size=16 over max_batch_size=1")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,11 @@ from llmvm_ray.engine import AdapterRef, GenerationRequest, SamplingParams, Stre
 
 
 def model_config(path: Path, **overrides: Any) -> ModelConfig:
-    return ModelConfig(name="tiny", model_uri=str(path), device="cpu", **overrides)
+    """The engine tests' model config: CPU unless ``LLMVM_TEST_DEVICE`` names another device
+    (``cuda`` for the GPU check, with ``LLMVM_TEST_DTYPE`` for its dtype, default ``auto``)."""
+    overrides.setdefault("device", os.environ.get("LLMVM_TEST_DEVICE", "cpu"))
+    overrides.setdefault("dtype", os.environ.get("LLMVM_TEST_DTYPE", "auto"))
+    return ModelConfig(name="tiny", model_uri=str(path), **overrides)
 
 
 def req(
