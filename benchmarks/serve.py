@@ -50,6 +50,7 @@ class Run:
     requests: int
     seconds: float
     tokens: int
+    rows_per_batch: float = 0.0  # the batcher's mean over the run
 
     @property
     def req_s(self) -> float:
@@ -58,6 +59,12 @@ class Run:
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds
+
+
+def _fill(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Mean rows per batch between two (batches_run, sequences_run) readings."""
+    batches = after[0] - before[0]
+    return (after[1] - before[1]) / batches if batches else 0.0
 
 
 def work(n: int, max_tokens: int) -> list[dict]:
@@ -139,10 +146,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
+    from ray import serve
 
     from llmvm_ray.config import ModelConfig, load_config
     from llmvm_ray.engine import Engine
     from llmvm_ray.serve.batching import Batcher
+    from llmvm_ray.serve.builder import deployment_name
     from llmvm_ray.serve.deploy import ServiceRunner
     from llmvm_ray.testing.tiny import build_tiny_model
 
@@ -179,13 +188,16 @@ def main() -> None:
     engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir)))
     batcher: Batcher | None = None
 
-    async def timed_engine(c: int) -> tuple[float, int]:
+    async def timed_engine(c: int) -> Run:
         nonlocal batcher
         if batcher is None:  # bound to the running loop
             batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
             await run_engine(batcher, warmup, 1)
         await run_engine(batcher, ramp[c], c)
-        return await run_engine(batcher, items[c], c)
+        before = (batcher.batches_run, batcher.sequences_run)
+        seconds, tokens = await run_engine(batcher, items[c], c)
+        fill = _fill(before, (batcher.batches_run, batcher.sequences_run))
+        return Run(len(items[c]), seconds, tokens, fill)
 
     config = load_config(
         overrides={
@@ -218,14 +230,26 @@ def main() -> None:
         paths = {"direct": direct[0], "proxy": runner.url}
         print(f"direct ingress: {direct[0]}; proxy: {runner.url}")
 
+        replicas = {
+            model.name: serve.get_deployment_handle(deployment_name(model), "bench")
+            for model in config.models
+        }
+
+        async def batch_counts(model: str) -> tuple[int, int]:
+            info = await replicas[model].info.remote()
+            return info["batches_run"], info["sequences_run"]
+
         async def timed_http(url: str, model: str, c: int, todo: list[dict]) -> Run:
             await run_http(url, model, ramp[c], c)
-            return Run(len(todo), *await run_http(url, model, todo, c))
+            before = await batch_counts(model)
+            seconds, tokens = await run_http(url, model, todo, c)
+            return Run(len(todo), seconds, tokens, _fill(before, await batch_counts(model)))
 
         def record(name: str, c: int, run: Run) -> None:
             runs.setdefault((name, c), []).append(run)
             print(
-                f"  c={c:<3} {name:<9} {run.req_s:7.1f} req/s {run.tok_s:8.0f} tok/s",
+                f"  c={c:<3} {name:<9} {run.req_s:7.1f} req/s {run.tok_s:8.0f} tok/s "
+                f"{run.rows_per_batch:5.1f} rows/batch",
                 flush=True,
             )
 
@@ -235,7 +259,7 @@ def main() -> None:
                     await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
                 for _ in range(args.rounds):
-                    record("engine", c, Run(len(items[c]), *await timed_engine(c)))
+                    record("engine", c, await timed_engine(c))
                     for name, url in paths.items():
                         record(name, c, await timed_http(url, "batched", c, items[c]))
                 # Unbatched is engine-bound and slow: one run is enough for its ratio.
