@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (issue 2, section 8) as one script for a CUDA machine with the project's
 # dependencies importable: the engine tests on CUDA (bfloat16, the engine's default there,
-# then float32), and the serving benchmark with a larger tiny model on the GPU.
+# then float32), and the serving benchmark with a larger tiny model on the GPU, with the
+# replicas' engine in a child process (the default on CUDA) and, at concurrency 16, in the
+# replica's own process. SKIP_ENGINE_TESTS=1 runs the benchmarks alone.
 #
 # Logs go to $OUT (default ./gpu-check). Each step has its own time limit so that a slow
 # step still leaves the others' results; the benchmark prints each run as it finishes.
@@ -33,13 +35,24 @@ engine_tests() {  # $1: dtype
   echo "engine tests on cuda ($1): exit ${PIPESTATUS[0]}"
 }
 
-echo "== engine tests on CUDA, dtype auto (bfloat16)"
-engine_tests auto
-echo "== serving benchmark on the GPU"
-timeout "$BENCH_S" "$PYTHON" -u benchmarks/serve.py --hidden 1024 --layers 8 \
-  --per-client 16 --unbatched-per-client 2 --rounds 2 2>&1 \
-  | grep -v --line-buffered "Loading weights\|Writing model shards" | tee "$OUT/bench.log" \
-  | grep -v --line-buffered "^\S*(\|^INFO\|^WARNING\|^\[" 
-echo "benchmark: exit ${PIPESTATUS[0]}"
-echo "== engine tests on CUDA, float32"
-engine_tests float32
+bench() {  # $1: log name, then benchmarks/serve.py arguments
+  local name=$1; shift
+  timeout "$BENCH_S" "$PYTHON" -u benchmarks/serve.py --hidden 1024 --layers 8 \
+    --per-client 16 --unbatched-per-client 2 --rounds 2 "$@" 2>&1 \
+    | grep -v --line-buffered "Loading weights\|Writing model shards" | tee "$OUT/$name.log" \
+    | grep -v --line-buffered "^\S*(\|^INFO\|^WARNING\|^\["
+  echo "benchmark $name: exit ${PIPESTATUS[0]}"
+}
+
+if [ -z "${SKIP_ENGINE_TESTS:-}" ]; then
+  echo "== engine tests on CUDA, dtype auto (bfloat16)"
+  engine_tests auto
+fi
+echo "== serving benchmark on the GPU, engine in a child process of the replica (the default)"
+bench bench-process --engine-process on
+echo "== the same at concurrency 16 with the engine in the replica's process"
+bench bench-inline --engine-process off --concurrency 16
+if [ -z "${SKIP_ENGINE_TESTS:-}" ]; then
+  echo "== engine tests on CUDA, float32"
+  engine_tests float32
+fi

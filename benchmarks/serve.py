@@ -129,6 +129,12 @@ def main() -> None:
         help="requests per client for the slow unbatched runs (default: --per-client)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternations per level")
+    parser.add_argument(
+        "--engine-process",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the Serve replicas' engine_process setting (auto: on with CUDA)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
     parser.add_argument("--layers", type=int, default=4)
@@ -176,7 +182,8 @@ def main() -> None:
     print(
         f"model: llama {args.layers} layers x {args.hidden}; {args.per_client} requests per "
         f"client x {args.max_tokens} tokens; {args.rounds} rounds per level; "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
+        f"engine_process {args.engine_process}",
         flush=True,
     )
 
@@ -211,12 +218,14 @@ def main() -> None:
                     "max_batch_size": 16,
                     "batch_wait_timeout_s": args.batch_wait,
                     "num_gpus": args.num_gpus,
+                    "engine_process": args.engine_process,
                 },
                 {
                     "name": "unbatched",
                     "model_uri": str(model_dir),
                     "max_batch_size": 1,
                     "num_gpus": args.num_gpus,
+                    "engine_process": args.engine_process,
                 },
             ],
         }

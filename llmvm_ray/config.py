@@ -96,6 +96,11 @@ class ModelConfig(Section):
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica.")
+    engine_process: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run a replica's engine in a child process, away from the GIL of the "
+        "replica's request handling; `auto` does on CUDA (where decoding is Python-bound).",
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests a replica accepts before Serve queues more."
     )

@@ -236,6 +236,10 @@ class Engine:
             streamer.flush()
         return tracker
 
+    def check(self) -> None:
+        """Health check, for the interface it shares with ``EngineProcess``: an in-process
+        engine is alive while its process is."""
+
     # --- adapters ------------------------------------------------------------------------
     def load_adapter(self, ref: AdapterRef) -> None:
         """Load ``ref`` now (evicting the least recently used adapter if full). Requests

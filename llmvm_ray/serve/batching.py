@@ -30,7 +30,7 @@ from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDe
 logger = logging.getLogger(__name__)
 
 RunBatch = Callable[
-    [list[GenerationRequest], Callable[[StreamDelta], None], Callable[[str], bool]],
+    [list[GenerationRequest], Callable[[StreamDelta], None] | None, Callable[[str], bool]],
     list[GenerationResult],
 ]
 
@@ -40,6 +40,7 @@ _DONE = object()
 @dataclass
 class _Pending:
     request: GenerationRequest
+    streams: bool  # wants its deltas (else only the result)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     aborted: bool = False
 
@@ -47,8 +48,9 @@ class _Pending:
 class Batcher:
     """Collects requests into batches and runs them one batch at a time.
 
-    ``run_batch(requests, on_delta, should_abort)`` is the engine call; it runs in a thread
-    so the event loop keeps accepting requests while a batch decodes.
+    ``run_batch(requests, on_delta, should_abort)`` is the engine call (``on_delta`` is None
+    when no request of the batch streams); it runs in a thread so the event loop keeps
+    accepting requests while a batch decodes.
     """
 
     def __init__(
@@ -82,8 +84,21 @@ class Batcher:
         Closing the iterator early (a client went away) aborts the request's rows at the
         next decoding step instead of decoding them to ``max_tokens``.
         """
+        async for event in self._submit(request, streams=True):
+            yield event
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run a request to completion and return its result."""
+        async with contextlib.aclosing(self._submit(request, streams=False)) as events:
+            async for event in events:
+                return event  # the only event: no deltas are made for it
+        raise AssertionError("batch finished without a result")
+
+    async def _submit(
+        self, request: GenerationRequest, streams: bool
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
         self._ensure_loop()
-        item = _Pending(request)
+        item = _Pending(request, streams)
         self._pending.append(item)
         self._observe(self._running_rows + self._rows_waiting())
         self._wakeup.set()
@@ -97,15 +112,6 @@ class Batcher:
                 yield event
         finally:
             item.aborted = True
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run a request to completion and return its result (deltas are dropped)."""
-        result: GenerationResult | None = None
-        async for event in self.stream(request):
-            if isinstance(event, GenerationResult):
-                result = event
-        assert result is not None, "batch finished without a result"
-        return result
 
     def check(self) -> None:
         """Raise if the batch loop died (Serve's health check calls this)."""
@@ -170,7 +176,7 @@ class Batcher:
 
         def on_delta(delta: StreamDelta) -> None:
             item = by_id.get(delta.request_id)
-            if item is not None and not item.aborted:
+            if item is not None and item.streams and not item.aborted:
                 loop.call_soon_threadsafe(item.queue.put_nowait, delta)
 
         def should_abort(request_id: str) -> bool:
@@ -182,8 +188,13 @@ class Batcher:
         self.sequences_run += rows
         self._running_rows = rows
         try:
+            # No delta callback when nobody streams: the engine then skips detokenizing
+            # every row at every step.
             results = await asyncio.to_thread(
-                self._run_batch, [item.request for item in batch], on_delta, should_abort
+                self._run_batch,
+                [item.request for item in batch],
+                on_delta if any(item.streams for item in batch) else None,
+                should_abort,
             )
         except Exception as exc:  # one engine failure fails this batch's requests, not the loop
             logger.exception("batch of %d requests failed", len(batch))

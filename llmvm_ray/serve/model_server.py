@@ -27,15 +27,25 @@ class ModelServer:
         import torch
 
         from llmvm_ray.engine import Engine  # heavy: torch + transformers
+        from llmvm_ray.engine.loader import resolve_device
+        from llmvm_ray.engine.process import EngineProcess
         from llmvm_ray.observability.metrics import AdapterMetrics
 
         # torch's default of one thread per core thrashes as soon as anything else shares the
         # cores (measured: a 16-row batch 25 ms with 1 thread, 8.7 s with 2 under load); use
-        # the CPUs this replica reserved.
+        # the CPUs this replica reserved. (The engine process does the same.)
         torch.set_num_threads(max(1, int(model_config.num_cpus)))
         self.config = model_config
         self.metrics = AdapterMetrics(_application(), model_config.name)
-        self.engine = Engine(model_config, on_adapter_event=self.metrics.event)
+        mode = model_config.engine_process
+        if mode == "auto":
+            mode = "on" if resolve_device(model_config.device).type == "cuda" else "off"
+        self.engine: Engine | EngineProcess = (
+            EngineProcess(model_config, on_adapter_event=self.metrics.event)
+            if mode == "on"
+            else Engine(model_config, on_adapter_event=self.metrics.event)
+        )
+        self._in_process = mode == "off"
         self.batcher = Batcher(
             self.engine.generate,
             max_batch_size=model_config.max_batch_size,
@@ -57,9 +67,10 @@ class ModelServer:
         """``_prepare`` off the event loop when it can take milliseconds (a grammar to
         compile, a chat template, a long prompt to tokenize); a short plain prompt is
         tokenized inline: a thread hop costs more, and it waits for the GIL that the decoding
-        thread holds."""
+        thread holds. With an engine process every check is a round trip: never inline."""
         if (
-            messages is None
+            self._in_process
+            and messages is None
             and request.params.guided is None
             and len(request.prompt) <= _INLINE_PROMPT_CHARS
         ):
@@ -90,8 +101,16 @@ class ModelServer:
         }
 
     async def check_health(self) -> None:
-        """Serve's health probe: the replica is healthy while its batch loop is alive."""
+        """Serve's health probe: the replica is healthy while its batch loop (and its engine
+        process, if it has one) is alive."""
         self.batcher.check()
+        self.engine.check()
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: stop the engine process with it."""
+        engine = getattr(self, "engine", None)
+        if engine is not None and not getattr(self, "_in_process", True):
+            engine.close()
 
 
 def _application() -> str:

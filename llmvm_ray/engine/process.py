@@ -1,0 +1,341 @@
+"""``EngineProcess``: an ``Engine`` running in a child process, with the Engine's interface.
+
+Why: a batch's decoding loop is Python (transformers' ``generate`` plus our per-row
+processors), and on a GPU it is *only* Python: the kernels are tiny and asynchronous, so the
+thread that launches them holds the GIL almost all the time. In a Serve replica the same GIL
+also runs the replica's request handling (Ray task receipt and serialization, Serve's
+bookkeeping, our validation), and every request's handling then stalls the decoding thread.
+Measured on an H200 with an 8 x 1024 tiny model at concurrency 16: Serve answered 0.68x the
+requests/s of the same engine in-process. vLLM splits its API server and engine core into two
+processes for the same reason. Here the replica keeps its event loop and batcher, and the
+child process does nothing but run the engine.
+
+The two sides talk over a private socket pair (``multiprocessing.connection`` framing,
+pickled tuples). Parent to child: ``(kind, call_id, args)``. Child to parent:
+``("reply", call_id, (ok, value))``, ``("delta", call_id, StreamDelta)`` while a streamed
+batch decodes, ``("event", None, args)`` for adapter events. In the child, one thread reads
+messages: ``validate``, ``render_chat`` and ``count_tokens`` are answered there at once (the
+Engine does not lock for them), aborts are noted, and everything that takes the engine's lock
+(a batch, adapter loading) queues for the main thread, so an abort is seen while a batch runs.
+
+Lifecycle: the child exits when the parent closes the connection or dies (its end of the
+socket pair closes with it), so a killed replica leaves no engine behind. A child that dies
+fails the calls in flight with ``ServiceUnavailableError`` and makes ``check`` raise, which
+Serve's health check turns into a replica restart.
+
+No Ray in here: ``python -m llmvm_ray.engine.process FD`` is the child's entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
+from llmvm_ray.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from llmvm_ray.config import ModelConfig
+    from llmvm_ray.engine.adapters import AdapterEventHook
+
+logger = logging.getLogger(__name__)
+
+# How often a waiting ``generate`` polls ``should_abort`` and forwards new aborts.
+_ABORT_POLL_S = 0.02
+# Calls the child answers on its reading thread, without waiting for a running batch.
+_INLINE = frozenset({"validate", "render_chat", "count_tokens"})
+
+
+class EngineProcess:
+    """The ``Engine`` interface (generate, validate, adapters, ...) served by a child process.
+
+    Every method may be called from any thread. Construction blocks until the child has
+    loaded the model; a child that fails to start raises its error here.
+    """
+
+    def __init__(
+        self, model_config: ModelConfig, on_adapter_event: AdapterEventHook | None = None
+    ) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        # The child imports this package from wherever the parent did (a Ray working_dir,
+        # a source checkout), not only from site-packages.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "llmvm_ray.engine.process", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, Future] = {}
+        self._deltas: dict[int, Callable[[StreamDelta], None]] = {}
+        self._on_adapter_event = on_adapter_event
+        self._dead: str | None = None
+        self._send(("start", 0, model_config))
+        ready = self._await_start()
+        self.model_name: str = ready["model_name"]
+        self.max_model_len: int = ready["max_model_len"]
+        self._reader = threading.Thread(target=self._read, name="engine-process-reader")
+        self._reader.daemon = True
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    # --- the Engine interface ------------------------------------------------------------
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        on_delta: Callable[[StreamDelta], None] | None = None,
+        should_abort: Callable[[str], bool] | None = None,
+    ) -> list[GenerationResult]:
+        """``Engine.generate`` in the child. ``should_abort`` is polled here (every 20 ms)
+        and each newly aborted request is forwarded, so the child stops it at its next
+        step."""
+        if not requests:
+            return []
+        future = self._submit("generate", (requests, on_delta is not None), on_delta)
+        if should_abort is None:
+            return future.result()
+        waiting = {r.request_id for r in requests}
+        while True:
+            try:
+                return future.result(timeout=_ABORT_POLL_S)
+            except FutureTimeout:
+                for request_id in [r for r in waiting if should_abort(r)]:
+                    waiting.discard(request_id)
+                    self._send(("abort", -1, request_id))
+
+    def validate(self, request: GenerationRequest) -> int:
+        return self._call("validate", request)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self._call("render_chat", messages)
+
+    def count_tokens(self, text: str) -> int:
+        return self._call("count_tokens", text)
+
+    def load_adapter(self, ref: AdapterRef) -> None:
+        self._call("load_adapter", ref)
+
+    def unload_adapter(self, name: str) -> None:
+        self._call("unload_adapter", name)
+
+    def loaded_adapters(self) -> list[str]:
+        return self._call("loaded_adapters")
+
+    # --- health and shutdown -------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ``ServiceUnavailableError`` if the child has died."""
+        if self._dead is not None:
+            raise ServiceUnavailableError(self._dead)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the child (it finishes the batch it is running), killing it after
+        ``timeout_s``. Idempotent."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._send(("close", -1, None))
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._conn.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _call(self, kind: str, *args: Any) -> Any:
+        return self._submit(kind, args).result()
+
+    def _submit(
+        self, kind: str, args: Any, on_delta: Callable[[StreamDelta], None] | None = None
+    ) -> Future:
+        self.check()
+        call_id = next(self._ids)
+        future: Future = Future()
+        self._pending[call_id] = future
+        if on_delta is not None:
+            self._deltas[call_id] = on_delta
+        try:
+            self._send((kind, call_id, args))
+        except OSError as exc:
+            self._pending.pop(call_id, None)
+            self._deltas.pop(call_id, None)
+            raise ServiceUnavailableError(f"engine process unreachable: {exc}") from exc
+        if self._dead is not None:  # died between the check and the registration
+            self._fail_pending()
+        return future
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _await_start(self) -> dict[str, Any]:
+        while not self._conn.poll(1.0):
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"the engine process exited with code {self._proc.returncode} while "
+                    "loading the model (its error is in this replica's log)"
+                )
+        kind, _, payload = self._conn.recv()
+        if kind == "failed":
+            self._proc.wait()
+            raise payload
+        return payload
+
+    def _read(self) -> None:
+        """The reading thread: route replies, deltas and adapter events until EOF."""
+        try:
+            while True:
+                kind, call_id, payload = self._conn.recv()
+                if kind == "reply":
+                    ok, value = payload
+                    self._deltas.pop(call_id, None)
+                    future = self._pending.pop(call_id)
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                elif kind == "delta":
+                    self._deliver(call_id, payload)
+                elif kind == "event" and self._on_adapter_event is not None:
+                    try:
+                        self._on_adapter_event(*payload)
+                    except Exception:  # a metrics hook must not stop the replies
+                        logger.exception("adapter event hook failed")
+        except (EOFError, OSError):
+            pass
+        code = self._proc.wait()
+        self._dead = f"the engine process exited (code {code})"
+        if code != 0:
+            logger.error("%s", self._dead)
+        self._fail_pending()
+
+    def _deliver(self, call_id: int, delta: StreamDelta) -> None:
+        """Hand ``delta`` to its call's consumer; a consumer that raises aborts its request,
+        as with an in-process Engine."""
+        on_delta = self._deltas.get(call_id)
+        if on_delta is None:
+            return
+        try:
+            on_delta(delta)
+        except Exception:  # noqa: BLE001 - the consumer's failure ends its request only
+            self._send(("abort", -1, delta.request_id))
+
+    def _fail_pending(self) -> None:
+        while self._pending:
+            try:
+                call_id, future = self._pending.popitem()
+            except KeyError:  # emptied by the other thread
+                return
+            self._deltas.pop(call_id, None)
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(ServiceUnavailableError(self._dead or "engine process died"))
+
+
+# --- the child ---------------------------------------------------------------------------
+def _child(conn: Connection) -> None:
+    """Load the engine, then serve calls until the parent closes the connection."""
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def send_error(kind: str, call_id: int | None, exc: BaseException) -> None:
+        """Send ``exc``, or a RuntimeError naming it when it does not pickle."""
+        try:
+            send((kind, call_id, (False, exc) if kind == "reply" else exc))
+        except Exception:  # noqa: BLE001 - pickling failed; the text still helps
+            plain = RuntimeError(f"{type(exc).__name__}: {exc}")
+            send((kind, call_id, (False, plain) if kind == "reply" else plain))
+
+    _, _, config = conn.recv()
+    try:
+        import torch
+
+        from llmvm_ray.engine.engine import Engine
+
+        torch.set_num_threads(max(1, int(config.num_cpus)))
+        engine = Engine(config, on_adapter_event=lambda *args: send(("event", None, args)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        send_error("failed", None, exc)
+        return
+    send(("ready", None, {"model_name": engine.model_name, "max_model_len": engine.max_model_len}))
+
+    aborted: set[str] = set()
+    work: queue.Queue = queue.Queue()
+
+    def answer(call_id: int, call: Callable[[], Any]) -> None:
+        try:
+            value = call()
+        except Exception as exc:  # noqa: BLE001 - the parent re-raises it in the caller
+            send_error("reply", call_id, exc)
+        else:
+            send(("reply", call_id, (True, value)))
+
+    def read() -> None:
+        try:
+            while True:
+                kind, call_id, args = conn.recv()
+                if kind == "abort":
+                    aborted.add(args)
+                elif kind == "close":
+                    break
+                elif kind in _INLINE:
+                    answer(call_id, lambda kind=kind, args=args: getattr(engine, kind)(*args))
+                else:
+                    work.put((kind, call_id, args))
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone: nobody is waiting for the batch
+        work.put(None)
+
+    threading.Thread(target=read, name="engine-process-reader", daemon=True).start()
+    while (job := work.get()) is not None:
+        kind, call_id, args = job
+        if kind == "generate":
+            requests, stream = args
+
+            def on_delta(delta: StreamDelta, call_id: int = call_id) -> None:
+                send(("delta", call_id, delta))
+
+            answer(
+                call_id,
+                lambda requests=requests, stream=stream, on_delta=on_delta: engine.generate(
+                    requests, on_delta if stream else None, aborted.__contains__
+                ),
+            )
+            aborted.difference_update(r.request_id for r in requests)
+        else:
+            answer(call_id, lambda kind=kind, args=args: getattr(engine, kind)(*args))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    conn = Connection(int(sys.argv[1]))
+    try:
+        _child(conn)
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()
