@@ -161,6 +161,16 @@ class RayConfig(Section):
             "event loop, buffered request logs, and a direct HTTP port per ingress replica."
         ),
     )
+    serve_drain_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Seconds a stopping ingress replica keeps its direct HTTP port open for a local "
+            "Ray (`RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`). Ray's 30 s lets a "
+            "cluster's load balancer notice; a local Ray has none, and 30 s made every app "
+            "stop and update wait."
+        ),
+    )
 
 
 class TeacherConfig(Section):

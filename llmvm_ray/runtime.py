@@ -27,6 +27,7 @@ def ray_environment(config: RayConfig) -> dict[str, str]:
         # code ("No event loop running") and at serve.shutdown() once that loop has closed
         # (measured in our tests). Costs ~0.1 ms per call in the ingress.
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(config.serve_drain_s),
     }
 
 

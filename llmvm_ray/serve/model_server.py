@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,6 +95,8 @@ class ModelServer:
     async def info(self) -> dict[str, Any]:
         return {
             "model": self.config.name,
+            "pid": os.getpid(),
+            "engine_pid": None if self._in_process else self.engine.pid,
             "max_model_len": self.engine.max_model_len,
             "loaded_adapters": self.engine.loaded_adapters(),
             "batches_run": self.batcher.batches_run,
