@@ -99,23 +99,28 @@ async def run_engine(batcher, items: list[dict], concurrency: int) -> tuple[floa
     return time.perf_counter() - started, tokens
 
 
-async def run_http(url: str, model: str, items: list[dict], concurrency: int) -> tuple[float, int]:
+async def run_http(
+    urls: list[str], model: str, items: list[dict], concurrency: int
+) -> tuple[float, int]:
+    """``items`` over HTTP, ``concurrency`` at a time; request ``i`` goes to
+    ``urls[i % len(urls)]`` (one address per ingress replica on the direct path)."""
     sem = asyncio.Semaphore(concurrency)
     tokens = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
-        async def one(item: dict) -> None:
+        async def one(i: int, item: dict) -> None:
             nonlocal tokens
             async with sem:
                 body = {"model": model, **item}
+                url = urls[i % len(urls)]
                 async with client.post(f"{url}/v1/completions", json=body) as r:
                     r.raise_for_status()
                     tokens += (await r.json())["usage"]["completion_tokens"]
 
         started = time.perf_counter()
-        await asyncio.gather(*(one(item) for item in items))
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     return time.perf_counter() - started, tokens
 
 
@@ -129,6 +134,19 @@ def main() -> None:
         help="requests per client for the slow unbatched runs (default: --per-client)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternations per level")
+    parser.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="ingress replicas (direct clients spread over their addresses)",
+    )
+    parser.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=None,
+        help="untimed rounds per level first (default: 1 with CUDA, where each process's "
+        "first batches of a new shape ran up to 3x slower on an H200; else 0)",
+    )
     parser.add_argument(
         "--engine-process",
         choices=["auto", "on", "off"],
@@ -152,12 +170,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
-    from ray import serve
 
     from llmvm_ray.config import ModelConfig, load_config
     from llmvm_ray.engine import Engine
     from llmvm_ray.serve.batching import Batcher
-    from llmvm_ray.serve.builder import deployment_name
     from llmvm_ray.serve.deploy import ServiceRunner
     from llmvm_ray.testing.tiny import build_tiny_model
 
@@ -165,6 +181,8 @@ def main() -> None:
         args.batch_wait = ModelConfig.model_fields["batch_wait_timeout_s"].default
     if args.num_gpus is None:
         args.num_gpus = 0.4 if torch.cuda.is_available() else 0.0
+    if args.warmup_rounds is None:
+        args.warmup_rounds = 1 if torch.cuda.is_available() else 0
 
     levels = [int(c) for c in args.concurrency.split(",")]
     items = {c: work(args.per_client * c, args.max_tokens) for c in levels}
@@ -208,7 +226,11 @@ def main() -> None:
 
     config = load_config(
         overrides={
-            "serve": {"port": 3117, "app_name": "bench"},
+            "serve": {
+                "port": 3117,
+                "app_name": "bench",
+                "ingress_replicas": args.ingress_replicas,
+            },
             # No dashboard: nothing here reads it, and it costs the shared cores.
             "ray": {"num_cpus": 4, "include_dashboard": False},
             "models": [
@@ -233,11 +255,15 @@ def main() -> None:
     # runs[(path, c)]: one Run per round
     runs: dict[tuple[str, int], list[Run]] = {}
     with ServiceRunner(config) as runner:
+        from ray import serve  # after the runner has set Ray's environment
+
+        from llmvm_ray.serve.builder import deployment_name
+
         direct = runner.direct_urls()
         if not direct:
             raise SystemExit("no direct ingress URL: is ray.serve_throughput_optimized off?")
-        paths = {"direct": direct[0], "proxy": runner.url}
-        print(f"direct ingress: {direct[0]}; proxy: {runner.url}")
+        paths = {"direct": direct, "proxy": [runner.url]}
+        print(f"direct ingress: {', '.join(direct)}; proxy: {runner.url}")
 
         replicas = {
             model.name: serve.get_deployment_handle(deployment_name(model), "bench")
@@ -248,10 +274,10 @@ def main() -> None:
             info = await replicas[model].info.remote()
             return info["batches_run"], info["sequences_run"]
 
-        async def timed_http(url: str, model: str, c: int, todo: list[dict]) -> Run:
-            await run_http(url, model, ramp[c], c)
+        async def timed_http(urls: list[str], model: str, c: int, todo: list[dict]) -> Run:
+            await run_http(urls, model, ramp[c], c)
             before = await batch_counts(model)
-            seconds, tokens = await run_http(url, model, todo, c)
+            seconds, tokens = await run_http(urls, model, todo, c)
             return Run(len(todo), seconds, tokens, _fill(before, await batch_counts(model)))
 
         def record(name: str, c: int, run: Run) -> None:
@@ -267,6 +293,10 @@ def main() -> None:
                 for model in ("batched", "unbatched"):
                     await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
+                for _ in range(args.warmup_rounds):  # untimed: new batch shapes, see --help
+                    await timed_engine(c)
+                    for url in paths.values():
+                        await timed_http(url, "batched", c, items[c])
                 for _ in range(args.rounds):
                     record("engine", c, await timed_engine(c))
                     for name, url in paths.items():

@@ -31,14 +31,23 @@ def ray_environment(config: RayConfig) -> dict[str, str]:
     }
 
 
+def export_ray_environment(config: RayConfig) -> None:
+    """Put ``ray_environment`` into this process's environment (keeping values already set).
+
+    Call it before anything imports ``ray.serve``: Serve reads its settings once, at import,
+    and a handle built in this process keeps them (in throughput-optimized mode, whether it
+    calls replicas over gRPC or by Ray actor calls).
+    """
+    for key, value in ray_environment(config).items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(config: RayConfig, **kwargs: Any) -> Any:
     """Connect to ``config.address`` or start a local Ray bound to loopback.
 
     Idempotent: returns the existing connection when this process is already connected.
     """
-    # Before importing ray: it reads some of these once, at import.
-    for key, value in ray_environment(config).items():
-        os.environ.setdefault(key, value)
+    export_ray_environment(config)  # before importing ray: it reads some of these at import
     import ray
 
     if ray.is_initialized():

@@ -23,8 +23,19 @@ class Ingress:
     """The HTTP API replica. Its FastAPI app is built at replica start (not at import)."""
 
     def __init__(self, config: Config, replicas: dict[str, Any]) -> None:
+        from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
+
         from llmvm_ray.serve.service import OpenAIService
 
+        # The handles were made where the app was built, with that process's Serve settings:
+        # a driver that imported ray.serve before Ray's environment was set gives handles
+        # that use Ray actor calls even in throughput-optimized mode. Take the transport
+        # from this replica's process instead, which Ray started with the cluster's settings
+        # (gRPC in that mode).
+        replicas = {
+            name: handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)
+            for name, handle in replicas.items()
+        }
         optimizer = None
         if config.optimizer.enabled:
             from llmvm_ray.optimizer.manager import get_optimizer

@@ -66,10 +66,12 @@ class ServiceRunner:
             time.sleep(0.2)
 
     def start(self) -> ServiceRunner:
+        from llmvm_ray.runtime import export_ray_environment, init_ray
+
+        export_ray_environment(self.config.ray)  # before ray.serve is imported
         import ray
         from ray import serve
 
-        from llmvm_ray.runtime import init_ray
         from llmvm_ray.serve.builder import build_app
 
         app = build_app(self.config)  # fails fast on config errors, before Ray starts
