@@ -131,12 +131,16 @@ class Engine:
         requests: list[GenerationRequest],
         on_delta: Callable[[StreamDelta], None] | None = None,
         should_abort: Callable[[str], bool] | None = None,
+        on_result: Callable[[GenerationResult], None] | None = None,
     ) -> list[GenerationResult]:
         """Complete every request, in one padded batch where possible.
 
         Results come back in request order. ``on_delta`` (called from this thread) receives
         each choice's text as it becomes final, the last delta of a choice with its
         ``finish_reason``; the deltas of a choice concatenate to its ``Choice.text``.
+        ``on_result`` (from this thread too) receives each request's result as soon as all
+        its choices are finished, while longer rows of the batch still decode, after the
+        request's last delta: a short answer need not wait for the batch's longest.
         ``should_abort(request_id)`` is polled every step; a request it flags stops at once
         with finish reason ``stop``. Every request is validated first and the first invalid
         one raises InvalidRequestError before any decoding: callers batching independent
@@ -148,7 +152,7 @@ class Engine:
         if len(set(ids)) != len(ids):
             raise ValueError("request_id must be unique within one generate call")
         prepared = [self._prepare(request, seed=None) for request in requests]
-        texts: dict[tuple[int, int], Choice] = {}
+        results: dict[int, GenerationResult] = {}
         with self._lock:
             batches = split_batches(
                 prepared,
@@ -159,32 +163,39 @@ class Engine:
                 logger.info("running %d requests as %d batches", len(prepared), len(batches))
             for batch in batches:
                 rows = build_rows([prepared[i] for i in batch])
-                tracker = self._run_batch(rows, on_delta, should_abort)
+                rows_of: dict[int, list[int]] = {}  # request index -> its unfinished rows
                 for r, row in enumerate(rows):
-                    texts[(batch[row.request_index], row.choice_index)] = Choice(
-                        index=row.choice_index,
-                        text=tracker.text(r),
-                        finish_reason=tracker.finish_reason(r),
-                        completion_tokens=tracker.completion_tokens(r),
-                    )
-        return [
-            GenerationResult(
-                request_id=item.request.request_id,
-                choices=tuple(texts[(i, c)] for c in range(item.request.params.n)),
-                prompt_tokens=len(item.prompt_ids),
-                seed=item.seed,
-                adapter=item.request.adapter.name if item.request.adapter else None,
-            )
-            for i, item in enumerate(prepared)
-        ]
+                    rows_of.setdefault(batch[row.request_index], []).append(r)
+
+                def collect(
+                    tracker: RowTracker,
+                    rows: list[RowPlan] = rows,
+                    rows_of: dict[int, list[int]] = rows_of,
+                ) -> None:
+                    """Finish the requests whose rows are all done, each once."""
+                    for i, its_rows in list(rows_of.items()):
+                        if all(tracker.is_finished(r) for r in its_rows):
+                            del rows_of[i]
+                            results[i] = _result(prepared[i], rows, its_rows, tracker)
+                            if on_result is not None:
+                                _notify(on_result, results[i])
+
+                tracker = self._run_batch(
+                    rows, on_delta, should_abort, collect if on_result is not None else None
+                )
+                collect(tracker)
+        return [results[i] for i in range(len(prepared))]
 
     def _run_batch(
         self,
         rows: Sequence[RowPlan],
         on_delta: Callable[[StreamDelta], None] | None,
         should_abort: Callable[[str], bool] | None,
+        after_step: Callable[[RowTracker], None] | None = None,
     ) -> RowTracker:
-        """One padded ``generate`` over ``rows``; returns the tracker holding the results."""
+        """One padded ``generate`` over ``rows``; returns the tracker holding the results.
+        ``after_step(tracker)`` runs after every decoding step, once that step's deltas
+        are out."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -219,6 +230,14 @@ class Engine:
         )
         if adapter_names is not None:
             extra["adapter_names"] = adapter_names
+        step_done = None
+        if after_step is not None:
+
+            def step_done() -> None:
+                if streamer is not None:
+                    streamer.flush()  # a choice's last delta goes out before its result
+                after_step(tracker)
+
         with torch.inference_mode():
             self._adapters.model.generate(
                 input_ids=input_ids.to(loaded.device),
@@ -226,7 +245,7 @@ class Engine:
                 generation_config=generation_config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList(
-                    [RowStoppingCriteria(tracker, should_abort)]
+                    [RowStoppingCriteria(tracker, should_abort, step_done)]
                 ),
                 streamer=streamer,
                 **extra,
@@ -256,3 +275,32 @@ class Engine:
         """Names of the loaded adapters, least recently used first."""
         with self._lock:
             return self._adapters.names()
+
+
+def _result(
+    item: PreparedRequest, rows: Sequence[RowPlan], its_rows: list[int], tracker: RowTracker
+) -> GenerationResult:
+    """The result of ``item`` from its finished rows (in choice order)."""
+    return GenerationResult(
+        request_id=item.request.request_id,
+        choices=tuple(
+            Choice(
+                index=rows[r].choice_index,
+                text=tracker.text(r),
+                finish_reason=tracker.finish_reason(r),
+                completion_tokens=tracker.completion_tokens(r),
+            )
+            for r in its_rows
+        ),
+        prompt_tokens=len(item.prompt_ids),
+        seed=item.seed,
+        adapter=item.request.adapter.name if item.request.adapter else None,
+    )
+
+
+def _notify(on_result: Callable[[GenerationResult], None], result: GenerationResult) -> None:
+    """Hand ``result`` over; a failing consumer must not fail the batch it shares."""
+    try:
+        on_result(result)
+    except Exception:  # noqa: BLE001
+        logger.exception("on_result failed for %r", result.request_id)

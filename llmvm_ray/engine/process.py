@@ -13,7 +13,8 @@ child process does nothing but run the engine.
 The two sides talk over a private socket pair (``multiprocessing.connection`` framing,
 pickled tuples). Parent to child: ``(kind, call_id, args)``. Child to parent:
 ``("reply", call_id, (ok, value))``, ``("delta", call_id, StreamDelta)`` while a streamed
-batch decodes, ``("event", None, args)`` for adapter events. In the child, one thread reads
+batch decodes, ``("result", call_id, GenerationResult)`` as each request finishes (before the
+batch's reply), ``("event", None, args)`` for adapter events. In the child, one thread reads
 messages: ``validate``, ``render_chat`` and ``count_tokens`` are answered there at once (the
 Engine does not lock for them), aborts are noted, and everything that takes the engine's lock
 (a batch, adapter loading) queues for the main thread, so an abort is seen while a batch runs.
@@ -86,6 +87,7 @@ class EngineProcess:
         self._ids = itertools.count()
         self._pending: dict[int, Future] = {}
         self._deltas: dict[int, Callable[[StreamDelta], None]] = {}
+        self._results: dict[int, Callable[[GenerationResult], None]] = {}
         self._on_adapter_event = on_adapter_event
         self._dead: str | None = None
         self._send(("start", 0, model_config))
@@ -106,13 +108,19 @@ class EngineProcess:
         requests: list[GenerationRequest],
         on_delta: Callable[[StreamDelta], None] | None = None,
         should_abort: Callable[[str], bool] | None = None,
+        on_result: Callable[[GenerationResult], None] | None = None,
     ) -> list[GenerationResult]:
         """``Engine.generate`` in the child. ``should_abort`` is polled here (every 20 ms)
         and each newly aborted request is forwarded, so the child stops it at its next
         step."""
         if not requests:
             return []
-        future = self._submit("generate", (requests, on_delta is not None), on_delta)
+        future = self._submit(
+            "generate",
+            (requests, on_delta is not None, on_result is not None),
+            on_delta,
+            on_result,
+        )
         if should_abort is None:
             return future.result()
         waiting = {r.request_id for r in requests}
@@ -166,7 +174,11 @@ class EngineProcess:
         return self._submit(kind, args).result()
 
     def _submit(
-        self, kind: str, args: Any, on_delta: Callable[[StreamDelta], None] | None = None
+        self,
+        kind: str,
+        args: Any,
+        on_delta: Callable[[StreamDelta], None] | None = None,
+        on_result: Callable[[GenerationResult], None] | None = None,
     ) -> Future:
         self.check()
         call_id = next(self._ids)
@@ -174,11 +186,14 @@ class EngineProcess:
         self._pending[call_id] = future
         if on_delta is not None:
             self._deltas[call_id] = on_delta
+        if on_result is not None:
+            self._results[call_id] = on_result
         try:
             self._send((kind, call_id, args))
         except OSError as exc:
             self._pending.pop(call_id, None)
             self._deltas.pop(call_id, None)
+            self._results.pop(call_id, None)
             raise ServiceUnavailableError(f"engine process unreachable: {exc}") from exc
         if self._dead is not None:  # died between the check and the registration
             self._fail_pending()
@@ -209,6 +224,7 @@ class EngineProcess:
                 if kind == "reply":
                     ok, value = payload
                     self._deltas.pop(call_id, None)
+                    self._results.pop(call_id, None)
                     future = self._pending.pop(call_id)
                     if ok:
                         future.set_result(value)
@@ -216,6 +232,13 @@ class EngineProcess:
                         future.set_exception(value)
                 elif kind == "delta":
                     self._deliver(call_id, payload)
+                elif kind == "result":
+                    on_result = self._results.get(call_id)
+                    if on_result is not None:
+                        try:
+                            on_result(payload)
+                        except Exception:  # as in the Engine: the batch goes on
+                            logger.exception("on_result failed for %r", payload.request_id)
                 elif kind == "event" and self._on_adapter_event is not None:
                     try:
                         self._on_adapter_event(*payload)
@@ -247,6 +270,7 @@ class EngineProcess:
             except KeyError:  # emptied by the other thread
                 return
             self._deltas.pop(call_id, None)
+            self._results.pop(call_id, None)
             with contextlib.suppress(InvalidStateError):
                 future.set_exception(ServiceUnavailableError(self._dead or "engine process died"))
 
@@ -312,17 +336,29 @@ def _child(conn: Connection) -> None:
     while (job := work.get()) is not None:
         kind, call_id, args = job
         if kind == "generate":
-            requests, stream = args
+            requests, stream, early = args
 
             def on_delta(delta: StreamDelta, call_id: int = call_id) -> None:
                 send(("delta", call_id, delta))
 
-            answer(
-                call_id,
-                lambda requests=requests, stream=stream, on_delta=on_delta: engine.generate(
-                    requests, on_delta if stream else None, aborted.__contains__
-                ),
-            )
+            def on_result(result: GenerationResult, call_id: int = call_id) -> None:
+                send(("result", call_id, result))
+
+            def run(
+                requests=requests,
+                stream=stream,
+                early=early,
+                on_delta=on_delta,
+                on_result=on_result,
+            ) -> list[GenerationResult]:
+                return engine.generate(
+                    requests,
+                    on_delta if stream else None,
+                    aborted.__contains__,
+                    on_result if early else None,
+                )
+
+            answer(call_id, run)
             aborted.difference_update(r.request_id for r in requests)
         else:
             answer(call_id, lambda kind=kind, args=args: getattr(engine, kind)(*args))

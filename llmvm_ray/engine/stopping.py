@@ -25,15 +25,21 @@ class RowStoppingCriteria(StoppingCriteria):
     """Marks rows done as the tracker finishes them (see module docstring)."""
 
     def __init__(
-        self, tracker: RowTracker, should_abort: Callable[[str], bool] | None = None
+        self,
+        tracker: RowTracker,
+        should_abort: Callable[[str], bool] | None = None,
+        after_step: Callable[[], None] | None = None,
     ) -> None:
         self._tracker = tracker
         self._should_abort = should_abort
+        self._after_step = after_step
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: object
     ) -> torch.BoolTensor:
         self._tracker.step(input_ids[:, -1].tolist(), self._aborted_requests())
+        if self._after_step is not None:
+            self._after_step()
         done = self._tracker.finished_mask()
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 

@@ -30,7 +30,12 @@ from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDe
 logger = logging.getLogger(__name__)
 
 RunBatch = Callable[
-    [list[GenerationRequest], Callable[[StreamDelta], None] | None, Callable[[str], bool]],
+    [
+        list[GenerationRequest],
+        Callable[[StreamDelta], None] | None,
+        Callable[[str], bool],
+        Callable[[GenerationResult], None],
+    ],
     list[GenerationResult],
 ]
 
@@ -48,9 +53,11 @@ class _Pending:
 class Batcher:
     """Collects requests into batches and runs them one batch at a time.
 
-    ``run_batch(requests, on_delta, should_abort)`` is the engine call (``on_delta`` is None
-    when no request of the batch streams); it runs in a thread so the event loop keeps
-    accepting requests while a batch decodes.
+    ``run_batch(requests, on_delta, should_abort, on_result)`` is the engine call
+    (``on_delta`` is None when no request of the batch streams; ``on_result`` takes each
+    request's result as soon as it is finished, so a short answer leaves before the batch's
+    longest); it runs in a thread so the event loop keeps accepting requests while a batch
+    decodes.
     """
 
     def __init__(
@@ -183,6 +190,18 @@ class Batcher:
             item = by_id.get(request_id)
             return item is None or item.aborted
 
+        delivered: set[str] = set()  # results handed over before the batch ended
+
+        def finish(item: _Pending, result: GenerationResult) -> None:
+            item.queue.put_nowait(result)
+            item.queue.put_nowait(_DONE)
+
+        def on_result(result: GenerationResult) -> None:
+            item = by_id.get(result.request_id)
+            if item is not None:
+                delivered.add(result.request_id)
+                loop.call_soon_threadsafe(finish, item, result)
+
         rows = sum(item.request.params.n for item in batch)
         self.batches_run += 1
         self.sequences_run += rows
@@ -195,6 +214,7 @@ class Batcher:
                 [item.request for item in batch],
                 on_delta if any(item.streams for item in batch) else None,
                 should_abort,
+                on_result,
             )
         except Exception as exc:  # one engine failure fails this batch's requests, not the loop
             logger.exception("batch of %d requests failed", len(batch))
@@ -204,6 +224,5 @@ class Batcher:
         finally:
             self._running_rows = 0
         for result in results:
-            item = by_id[result.request_id]
-            item.queue.put_nowait(result)
-            item.queue.put_nowait(_DONE)
+            if result.request_id not in delivered:
+                finish(by_id[result.request_id], result)

@@ -19,7 +19,7 @@ import pytest
 from llmvm_ray.engine import AdapterRef, Engine, StreamDelta
 from llmvm_ray.engine.process import EngineProcess
 from llmvm_ray.errors import InvalidRequestError, ServiceUnavailableError
-from tests.engine.helpers import joined_deltas, model_config, req, texts
+from tests.engine.helpers import joined_deltas, long_sample, model_config, req, texts
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,14 @@ def test_close_stops_the_child(tiny_llama: Path) -> None:
 def test_a_start_up_failure_raises_the_loaders_error(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         EngineProcess(model_config(tmp_path / "no-model-here"))
+
+
+def test_early_results_cross_the_process_boundary(process: EngineProcess) -> None:
+    seen: list[str] = []
+    seed, _ = long_sample(process, max_tokens=40)  # a row that runs all 40 steps
+    batch = [req("short", temperature=0, max_tokens=2), req("long", seed=seed, max_tokens=40)]
+    results = process.generate(
+        batch, on_delta=lambda d: None, on_result=lambda r: seen.append(r.request_id)
+    )
+    assert seen == ["short", "long"]
+    assert [r.request_id for r in results] == ["short", "long"]

@@ -72,3 +72,30 @@ def test_abort_sends_a_final_delta(engine: Engine) -> None:
     )
     assert deltas[-1].finish_reason == "stop"
     assert joined_deltas(deltas)[("gone", 0)] == results[0].choices[0].text
+
+
+def test_a_finished_request_is_reported_before_the_batch_ends(engine: Engine) -> None:
+    events: list[tuple[str, str, object]] = []
+    seed, _ = long_sample(engine, max_tokens=30)  # a row that runs all 30 steps
+    batch = [req("short", temperature=0, max_tokens=2), req("long", seed=seed, max_tokens=30)]
+    results = engine.generate(
+        batch,
+        on_delta=lambda d: events.append(("delta", d.request_id, d.finish_reason)),
+        on_result=lambda r: events.append(("result", r.request_id, r)),
+    )
+    reported = [e for e in events if e[0] == "result"]
+    assert [e[1] for e in reported] == ["short", "long"]  # each once, the short one first
+    assert [e[2] for e in reported] == results
+    short_result = events.index(reported[0])
+    long_final = max(i for i, e in enumerate(events) if e[:2] == ("delta", "long"))
+    assert short_result < long_final, "the short result waited for the long row"
+    last_short_delta = max(i for i, e in enumerate(events) if e[:2] == ("delta", "short"))
+    assert last_short_delta < short_result  # its deltas all came first
+
+
+def test_results_are_reported_without_streaming(engine: Engine) -> None:
+    seen = []
+    batch = [req("a", temperature=0, max_tokens=3, n=2), req("b", seed=2, max_tokens=9)]
+    results = engine.generate(batch, on_result=seen.append)
+    assert sorted(r.request_id for r in seen) == ["a", "b"]
+    assert {r.request_id: r for r in seen} == {r.request_id: r for r in results}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -25,24 +26,29 @@ class Recorder:
         self.fail = fail
         self._lock = threading.Lock()
 
-    def __call__(self, requests, on_delta, should_abort) -> list[GenerationResult]:
+    def __call__(self, requests, on_delta, should_abort, on_result) -> list[GenerationResult]:
         with self._lock:
             self.batches.append([r.request_id for r in requests])
         if self.fail:
             raise RuntimeError("engine exploded")
+        results = [answer(r) for r in requests]
+        for r, result in zip(requests, results, strict=True):
+            if r.params.max_tokens == 1:  # "short" requests finish at once, before the rest
+                on_result(result)
         threading.Event().wait(self.delay_s)
-        return [
-            GenerationResult(
-                request_id=r.request_id,
-                choices=tuple(
-                    Choice(index=i, text=r.prompt, finish_reason="stop", completion_tokens=1)
-                    for i in range(r.params.n)
-                ),
-                prompt_tokens=1,
-                seed=0,
-            )
-            for r in requests
-        ]
+        return results
+
+
+def answer(r: GenerationRequest) -> GenerationResult:
+    return GenerationResult(
+        request_id=r.request_id,
+        choices=tuple(
+            Choice(index=i, text=r.prompt, finish_reason="stop", completion_tokens=1)
+            for i in range(r.params.n)
+        ),
+        prompt_tokens=1,
+        seed=0,
+    )
 
 
 def request(i: int, n: int = 1) -> GenerationRequest:
@@ -124,3 +130,23 @@ def test_abandoned_requests_are_not_run() -> None:
 
     asyncio.run(main())
     assert engine.batches == [["r0"]]
+
+
+def test_a_finished_request_leaves_before_its_batch_ends() -> None:
+    """A short answer is handed back as soon as the engine reports it, while the batch's
+    longer rows still decode (no head-of-line blocking)."""
+    engine = Recorder(delay_s=1.0)
+    batcher = Batcher(engine, max_batch_size=4, wait_s=0.05)
+    short = GenerationRequest("short", "s", SamplingParams(max_tokens=1))
+
+    async def main() -> tuple[float, float]:
+        started = time.monotonic()
+        long_task = asyncio.create_task(batcher.generate(request(1)))
+        assert (await batcher.generate(short)).request_id == "short"
+        short_s = time.monotonic() - started
+        assert (await long_task).request_id == "r1"
+        return short_s, time.monotonic() - started
+
+    short_s, long_s = asyncio.run(main())
+    assert sorted(engine.batches[0]) == ["r1", "short"] and len(engine.batches) == 1
+    assert short_s < 0.5 < long_s
