@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -308,6 +309,10 @@ def _child(conn: Connection) -> None:
     aborted: set[str] = set()
     work: queue.Queue = queue.Queue()
 
+    def forward(kind: str, call_id: int) -> Callable[[Any], None]:
+        """A callback sending each value it gets as a ``kind`` message of ``call_id``."""
+        return lambda value: send((kind, call_id, value))
+
     def answer(call_id: int, call: Callable[[], Any]) -> None:
         try:
             value = call()
@@ -325,7 +330,7 @@ def _child(conn: Connection) -> None:
                 elif kind == "close":
                     break
                 elif kind in _INLINE:
-                    answer(call_id, lambda kind=kind, args=args: getattr(engine, kind)(*args))
+                    answer(call_id, partial(getattr(engine, kind), *args))
                 else:
                     work.put((kind, call_id, args))
         except (EOFError, OSError):
@@ -337,31 +342,17 @@ def _child(conn: Connection) -> None:
         kind, call_id, args = job
         if kind == "generate":
             requests, stream, early = args
-
-            def on_delta(delta: StreamDelta, call_id: int = call_id) -> None:
-                send(("delta", call_id, delta))
-
-            def on_result(result: GenerationResult, call_id: int = call_id) -> None:
-                send(("result", call_id, result))
-
-            def run(
-                requests=requests,
-                stream=stream,
-                early=early,
-                on_delta=on_delta,
-                on_result=on_result,
-            ) -> list[GenerationResult]:
-                return engine.generate(
-                    requests,
-                    on_delta if stream else None,
-                    aborted.__contains__,
-                    on_result if early else None,
-                )
-
-            answer(call_id, run)
+            generate = partial(
+                engine.generate,
+                requests,
+                forward("delta", call_id) if stream else None,
+                aborted.__contains__,
+                forward("result", call_id) if early else None,
+            )
+            answer(call_id, generate)
             aborted.difference_update(r.request_id for r in requests)
         else:
-            answer(call_id, lambda kind=kind, args=args: getattr(engine, kind)(*args))
+            answer(call_id, partial(getattr(engine, kind), *args))
 
 
 def main() -> None:
