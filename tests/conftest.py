@@ -94,18 +94,24 @@ def serve_port(ray_session):
     return port
 
 
-@pytest.fixture(scope="session")
-def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
-    """The running service (plain serving, no optimizer): yields (base_url, config)."""
+def plain_serving_config(
+    storage, serve_port, tiny_llama, adapters, app_name, route_prefix="/", **model
+):
+    """Plain serving (no optimizer) of ``tiny`` with adapters a1/a2 as app ``app_name``;
+    ``model`` overrides fields of the model entry."""
     from llmvm_ray.config import load_config
-    from llmvm_ray.serve.deploy import ServiceRunner
 
-    config = load_config(
+    return load_config(
         overrides={
-            "storage_path": str(tmp_path_factory.mktemp("serve-storage")),
+            "storage_path": str(storage),
             "optimizer": {"enabled": False},
-            "registry": {"actor_name": "test-serve-registry"},
-            "serve": {"port": serve_port, "api_keys": [API_KEY], "app_name": "test-serve"},
+            "registry": {"actor_name": f"{app_name}-registry"},
+            "serve": {
+                "port": serve_port,
+                "api_keys": [API_KEY],
+                "app_name": app_name,
+                "route_prefix": route_prefix,
+            },
             "models": [
                 {
                     "name": "tiny",
@@ -113,9 +119,20 @@ def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
                     "adapters": {k: str(v) for k, v in adapters.items()},
                     "num_cpus": 0.5,
                     "max_adapters_per_replica": 2,
+                    **model,
                 }
             ],
         }
+    )
+
+
+@pytest.fixture(scope="session")
+def service(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
+    """The running service (plain serving, no optimizer): yields (base_url, config)."""
+    from llmvm_ray.serve.deploy import ServiceRunner
+
+    config = plain_serving_config(
+        tmp_path_factory.mktemp("serve-storage"), serve_port, tiny_llama, adapters, "test-serve"
     )
     runner = ServiceRunner(config, shutdown_ray=False).start()
     yield runner.url, config

@@ -13,7 +13,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, plain_serving_config
 
 pytestmark = pytest.mark.ray
 
@@ -37,31 +37,11 @@ class ProcessApp:
 
 @pytest.fixture(scope="module")
 def app(ray_session, serve_port, tiny_llama, adapters, tmp_path_factory):
-    from llmvm_ray.config import load_config
     from llmvm_ray.serve.deploy import ServiceRunner
 
-    config = load_config(
-        overrides={
-            "storage_path": str(tmp_path_factory.mktemp("process-storage")),
-            "optimizer": {"enabled": False},
-            "registry": {"actor_name": "test-process-registry"},
-            "serve": {
-                "port": serve_port,
-                "api_keys": [API_KEY],
-                "app_name": APP,
-                "route_prefix": f"/{APP}",
-            },
-            "models": [
-                {
-                    "name": "tiny",
-                    "model_uri": str(tiny_llama),
-                    "adapters": {k: str(v) for k, v in adapters.items()},
-                    "num_cpus": 0.5,
-                    "max_adapters_per_replica": 2,
-                    "engine_process": "on",
-                }
-            ],
-        }
+    storage = tmp_path_factory.mktemp("process-storage")
+    config = plain_serving_config(
+        storage, serve_port, tiny_llama, adapters, APP, f"/{APP}", engine_process="on"
     )
     runner = ServiceRunner(config, shutdown_ray=False).start()
     client = openai.OpenAI(base_url=f"{runner.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
