@@ -90,9 +90,10 @@ class AdapterManager:
         for ref in needed.values():
             self._load(ref, protected=set(needed))
 
-    def load(self, ref: AdapterRef) -> None:
-        """Load ``ref`` (a no-op when loaded from the same path; it becomes most recent)."""
-        self._load(ref, protected={ref.name})
+    def load(self, ref: AdapterRef, keep: Iterable[str] = ()) -> None:
+        """Load ``ref`` (a no-op when loaded from the same path; it becomes most recent),
+        never evicting an adapter named in ``keep``."""
+        self._load(ref, protected={ref.name, *keep})
 
     def unload(self, name: str) -> None:
         """Drop adapter ``name``. Idempotent: unknown names are ignored."""

@@ -4,45 +4,40 @@
 as ``GenerationRequest`` values, results go out as ``GenerationResult`` values and, while
 decoding, as ``StreamDelta`` callbacks.
 
-A batch runs as ONE padded, left-padded HF ``model.generate`` (on CPU this beat transformers'
-continuous batching at every batch size, see ENVIRONMENT.md) in greedy mode, with:
+Requests decode together in one left-padded batch with our own decoding loop
+(``running.BatchRun`` over ``decoding.KVBatch``) rather than HF ``generate``, because a
+serving engine needs what ``generate`` cannot do: requests joining a batch that is already
+decoding (continuous batching, through a ``RequestInbox``), finished rows leaving it at once,
+and per-row sampling, grammars, stops, adapters and aborts. A seeded row's text does not
+depend on what else shares its batch or when it joined.
 
-- ``GuidedLogitsProcessor`` (only when a row is constrained) then ``RowSampler`` as the last
-  logits processor: per-row grammar, temperature, top-p and random generator, so a seeded
-  row's text does not depend on the rest of the batch;
-- ``RowStoppingCriteria``: per-row max_tokens, stop strings, EOS and client aborts;
-- ``DeltaStreamer`` when the caller streams;
-- ``adapter_names`` when LoRA adapters are loaded, so rows of one batch use different ones.
-
-Thread safety: every method may be called from any thread. ``generate`` and adapter loading
-hold one lock, so one Engine runs one ``generate`` at a time (a second caller waits);
-``validate``, ``count_tokens`` and ``render_chat`` do not wait for a running batch.
+Thread safety: every method may be called from any thread. ``generate`` holds one lock, so
+one Engine runs one ``generate`` at a time (a second caller waits); adapter loading and
+unloading are queued and run between two decoding steps of a running batch (deferred while
+running rows use the adapter concerned); ``validate``, ``count_tokens`` and ``render_chat``
+do not wait for a running batch.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from llmvm_ray.engine.adapters import AdapterEventHook, AdapterManager
 from llmvm_ray.engine.guided import Guidance
+from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.loader import load_model
-from llmvm_ray.engine.planning import PreparedRequest, RowPlan, build_rows, split_batches
+from llmvm_ray.engine.planning import PreparedRequest
 from llmvm_ray.engine.prompting import encode_prompt
 from llmvm_ray.engine.prompting import render_chat as _render_chat
-from llmvm_ray.engine.sampling import RowSampler, random_seed
-from llmvm_ray.engine.stopping import RowStoppingCriteria
-from llmvm_ray.engine.streaming import DeltaStreamer
-from llmvm_ray.engine.tracking import RowTracker
-from llmvm_ray.engine.types import (
-    AdapterRef,
-    Choice,
-    GenerationRequest,
-    GenerationResult,
-    StreamDelta,
-)
+from llmvm_ray.engine.running import BatchRun
+from llmvm_ray.engine.sampling import random_seed
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
 from llmvm_ray.engine.validation import check_params
 from llmvm_ray.errors import InvalidRequestError
 
@@ -62,7 +57,9 @@ class Engine:
         self._loaded = load_model(model_config)
         self.model_name: str = model_config.name
         self.max_model_len: int = self._loaded.max_model_len
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._ops: deque[_AdapterOp] = deque()
+        self._ops_lock = threading.Lock()
         self._adapters = AdapterManager(
             self._loaded.model,
             self._loaded.device,
@@ -132,128 +129,44 @@ class Engine:
         on_delta: Callable[[StreamDelta], None] | None = None,
         should_abort: Callable[[str], bool] | None = None,
         on_result: Callable[[GenerationResult], None] | None = None,
+        inbox: RequestInbox | None = None,
     ) -> list[GenerationResult]:
-        """Complete every request, in one padded batch where possible.
+        """Complete every request, in one batch where possible; with an ``inbox``, also
+        every request put into it until it is closed (continuous batching).
 
-        Results come back in request order. ``on_delta`` (called from this thread) receives
-        each choice's text as it becomes final, the last delta of a choice with its
-        ``finish_reason``; the deltas of a choice concatenate to its ``Choice.text``.
-        ``on_result`` (from this thread too) receives each request's result as soon as all
-        its choices are finished, while longer rows of the batch still decode, after the
-        request's last delta: a short answer need not wait for the batch's longest.
-        ``should_abort(request_id)`` is polled every step; a request it flags stops at once
-        with finish reason ``stop``. Every request is validated first and the first invalid
-        one raises InvalidRequestError before any decoding: callers batching independent
-        requests should ``validate`` each one before batching it.
+        Results of ``requests`` come back in request order. ``on_delta`` (called from this
+        thread) receives each choice's text as it becomes final, the last delta of a choice
+        with its ``finish_reason``; the deltas of a choice concatenate to its
+        ``Choice.text``. ``on_result`` (from this thread too) receives each request's result
+        as soon as all its choices are finished, after the request's last delta: a short
+        answer need not wait for the batch's longest; it is the only way the results of
+        requests that came through the inbox come back. ``should_abort(request_id)`` is
+        polled every step; a request it flags stops at once with finish reason ``stop``.
+        Every request of ``requests`` is validated first and the first invalid one raises
+        InvalidRequestError before any decoding (callers batching independent requests
+        should ``validate`` each one before batching it); an invalid request from the inbox
+        goes to ``inbox.reject`` instead.
         """
-        if not requests:
+        if not requests and inbox is None:
             return []
         ids = [r.request_id for r in requests]
         if len(set(ids)) != len(ids):
             raise ValueError("request_id must be unique within one generate call")
         prepared = [self._prepare(request, seed=None) for request in requests]
-        results: dict[int, GenerationResult] = {}
         with self._lock:
-            batches = split_batches(
-                prepared,
-                max_adapters=self._adapters.max_loaded,
-                max_model_len=self.max_model_len,
+            run = BatchRun(
+                self._loaded,
+                self._adapters,
+                self._guidance,
+                self._run_ops,
+                on_delta,
+                should_abort,
+                on_result,
             )
-            if len(batches) > 1:
-                logger.info("running %d requests as %d batches", len(prepared), len(batches))
-            for batch in batches:
-                rows = build_rows([prepared[i] for i in batch])
-                rows_of: dict[int, list[int]] = {}  # request index -> its unfinished rows
-                for r, row in enumerate(rows):
-                    rows_of.setdefault(batch[row.request_index], []).append(r)
-
-                def collect(
-                    tracker: RowTracker,
-                    rows: list[RowPlan] = rows,
-                    rows_of: dict[int, list[int]] = rows_of,
-                ) -> None:
-                    """Finish the requests whose rows are all done, each once."""
-                    for i, its_rows in list(rows_of.items()):
-                        if all(tracker.is_finished(r) for r in its_rows):
-                            del rows_of[i]
-                            results[i] = _result(prepared[i], rows, its_rows, tracker)
-                            if on_result is not None:
-                                _notify(on_result, results[i])
-
-                tracker = self._run_batch(
-                    rows, on_delta, should_abort, collect if on_result is not None else None
-                )
-                collect(tracker)
-        return [results[i] for i in range(len(prepared))]
-
-    def _run_batch(
-        self,
-        rows: Sequence[RowPlan],
-        on_delta: Callable[[StreamDelta], None] | None,
-        should_abort: Callable[[str], bool] | None,
-        after_step: Callable[[RowTracker], None] | None = None,
-    ) -> RowTracker:
-        """One padded ``generate`` over ``rows``; returns the tracker holding the results.
-        ``after_step(tracker)`` runs after every decoding step, once that step's deltas
-        are out."""
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        loaded = self._loaded
-        self._adapters.ensure({row.adapter for row in rows if row.adapter is not None})
-
-        tracker = RowTracker(rows, loaded.tokenizer, loaded.eos_token_ids)
-        width = max(len(row.prompt_ids) for row in rows)
-        input_ids = torch.full((len(rows), width), loaded.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):  # left padding: every prompt ends at the last column
-            input_ids[r, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            attention_mask[r, width - len(row.prompt_ids) :] = 1
-
-        processors = LogitsProcessorList()
-        if any(row.grammar is not None for row in rows):
-            processors.append(
-                self._guidance.processor([row.grammar for row in rows], tracker.is_finished, width)
-            )
-        processors.append(RowSampler([row.sampling for row in rows], tracker.is_finished))
-        streamer = DeltaStreamer(tracker, on_delta) if on_delta is not None else None
-        generation_config = GenerationConfig(
-            max_new_tokens=max(row.max_tokens for row in rows),
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=list(loaded.eos_token_ids) or None,
-            pad_token_id=loaded.pad_token_id,
-        )
-        extra = {}
-        adapter_names = self._adapters.adapter_names(
-            [row.adapter.name if row.adapter else None for row in rows]
-        )
-        if adapter_names is not None:
-            extra["adapter_names"] = adapter_names
-        step_done = None
-        if after_step is not None:
-
-            def step_done() -> None:
-                if streamer is not None:
-                    streamer.flush()  # a choice's last delta goes out before its result
-                after_step(tracker)
-
-        with torch.inference_mode():
-            self._adapters.model.generate(
-                input_ids=input_ids.to(loaded.device),
-                attention_mask=attention_mask.to(loaded.device),
-                generation_config=generation_config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList(
-                    [RowStoppingCriteria(tracker, should_abort, step_done)]
-                ),
-                streamer=streamer,
-                **extra,
-            )
-        tracker.finish_all("length")
-        if streamer is not None:
-            streamer.flush()
-        return tracker
+            results = run.execute(prepared, inbox, lambda r: self._prepare(r, seed=None))
+        if run.prefills > 1:
+            logger.debug("batch ran %d steps over %d prefills", run.steps, run.prefills)
+        return [results[request_id] for request_id in ids]
 
     def check(self) -> None:
         """Health check, for the interface it shares with ``EngineProcess``: an in-process
@@ -263,44 +176,85 @@ class Engine:
     def load_adapter(self, ref: AdapterRef) -> None:
         """Load ``ref`` now (evicting the least recently used adapter if full). Requests
         load their adapter on demand anyway; this is for warming a replica up."""
-        with self._lock:
-            self._adapters.load(ref)
+        self._control(_AdapterOp("load", ref=ref))
 
     def unload_adapter(self, name: str) -> None:
         """Unload adapter ``name``; unknown names are ignored (unloading is idempotent)."""
-        with self._lock:
-            self._adapters.unload(name)
+        self._control(_AdapterOp("unload", name=name))
 
     def loaded_adapters(self) -> list[str]:
         """Names of the loaded adapters, least recently used first."""
-        with self._lock:
-            return self._adapters.names()
+        return self._control(_AdapterOp("list"))
+
+    def _control(self, op: _AdapterOp) -> Any:
+        """Run ``op`` between two decoding steps of the running batch, or now when none
+        runs (whoever holds the engine lock runs the queued operations)."""
+        with self._ops_lock:
+            self._ops.append(op)
+        while not op.future.done():
+            if self._lock.acquire(timeout=_OP_POLL_S):
+                try:
+                    self._run_ops({})
+                finally:
+                    self._lock.release()
+        return op.future.result()
+
+    def _run_ops(self, live: Mapping[str, str]) -> bool:
+        """Run the queued adapter operations that leave the adapters of running rows
+        (``live``: name -> path) alone; True if some must wait for those rows to finish."""
+        with self._ops_lock:
+            ops = list(self._ops)
+            self._ops.clear()
+        deferred = [op for op in ops if op.blocked(live, self._adapters)]
+        for op in ops:
+            if op not in deferred:
+                op.apply(self._adapters, live)
+        if deferred:
+            with self._ops_lock:
+                self._ops.extendleft(reversed(deferred))
+        return bool(deferred)
 
 
-def _result(
-    item: PreparedRequest, rows: Sequence[RowPlan], its_rows: list[int], tracker: RowTracker
-) -> GenerationResult:
-    """The result of ``item`` from its finished rows (in choice order)."""
-    return GenerationResult(
-        request_id=item.request.request_id,
-        choices=tuple(
-            Choice(
-                index=rows[r].choice_index,
-                text=tracker.text(r),
-                finish_reason=tracker.finish_reason(r),
-                completion_tokens=tracker.completion_tokens(r),
-            )
-            for r in its_rows
-        ),
-        prompt_tokens=len(item.prompt_ids),
-        seed=item.seed,
-        adapter=item.request.adapter.name if item.request.adapter else None,
-    )
+# How often a caller waiting for its adapter operation tries the engine lock itself.
+_OP_POLL_S = 0.01
 
 
-def _notify(on_result: Callable[[GenerationResult], None], result: GenerationResult) -> None:
-    """Hand ``result`` over; a failing consumer must not fail the batch it shares."""
-    try:
-        on_result(result)
-    except Exception:  # noqa: BLE001
-        logger.exception("on_result failed for %r", result.request_id)
+@dataclass(eq=False)
+class _AdapterOp:
+    """A queued adapter operation: ``load`` (``ref``), ``unload`` (``name``) or ``list``."""
+
+    kind: str
+    ref: AdapterRef | None = None
+    name: str | None = None
+    future: Future = field(default_factory=Future)
+
+    def blocked(self, live: Mapping[str, str], adapters: AdapterManager) -> bool:
+        """Whether running rows' adapters (``live``) stop this operation for now."""
+        if self.kind == "unload":
+            return self.name in live
+        if self.kind == "load":
+            assert self.ref is not None
+            if live.get(self.ref.name, self.ref.path) != self.ref.path:
+                return True  # would replace a version that running rows use
+            loaded = adapters.names()
+            full = self.ref.name not in loaded and len(loaded) >= adapters.max_loaded
+            return full and all(name in live for name in loaded)  # nothing to evict
+        return False
+
+    def apply(self, adapters: AdapterManager, live: Mapping[str, str]) -> None:
+        """Run it (never evicting an adapter in ``live``); its caller gets the outcome."""
+        try:
+            if self.kind == "load":
+                assert self.ref is not None
+                adapters.load(self.ref, keep=live)
+                value = None
+            elif self.kind == "unload":
+                assert self.name is not None
+                adapters.unload(self.name)
+                value = None
+            else:
+                value = adapters.names()
+        except Exception as exc:  # noqa: BLE001 - the caller re-raises it
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(value)

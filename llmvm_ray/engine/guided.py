@@ -6,12 +6,12 @@ constraint and vocabulary, it constrains rows of one batch independently, and it
 grammar string; ``Guidance.compile`` builds, validates and caches it (validation is what turns
 a bad regex or schema into a 400 before any decoding starts).
 
-``GuidedLogitsProcessor`` holds one ``LLMatcher`` per constrained row (other rows untouched).
-Each step it advances every matcher by the token its row took last step (the last column of
-``input_ids``), fills the allowed-token bitmask, and applies it eagerly: llguidance's own
-``apply_token_bitmask_inplace`` is ``torch.compile``d and costs ~4.6 s on first use. Once a
-row's grammar is complete (the matcher is stopped) only EOS is allowed, so the row ends with
-finish reason ``stop``. It must run before ``RowSampler``, which picks the token.
+``GuidedRows`` holds one ``LLMatcher`` per constrained row of a running batch (other rows
+untouched). Each step it fills the allowed-token bitmask of the constrained rows and applies
+it eagerly (llguidance's own ``apply_token_bitmask_inplace`` is ``torch.compile``d and costs
+~4.6 s on first use); once ``RowSampler`` has chosen, ``advance`` feeds every matcher its
+row's token. Once a row's grammar is complete (the matcher is stopped) only EOS is allowed,
+so the row ends with finish reason ``stop``.
 """
 
 from __future__ import annotations
@@ -121,18 +121,11 @@ class Guidance:
                 self._cache.popitem(last=False)
         return grammar
 
-    def processor(
-        self,
-        grammars: Sequence[str | None],
-        is_finished: Callable[[int], bool],
-        prompt_width: int,
-    ) -> GuidedLogitsProcessor:
-        """A fresh (stateful) processor for one ``generate`` call."""
+    def rows(self) -> GuidedRows:
+        """Fresh (stateful) matchers for one running batch."""
         lltokenizer = self.lltokenizer()
         assert self._executor is not None
-        return GuidedLogitsProcessor(
-            lltokenizer, self._executor, grammars, is_finished, prompt_width
-        )
+        return GuidedRows(lltokenizer, self._executor)
 
     @staticmethod
     def _recipe(spec: GuidedSpec) -> tuple[tuple[str, str], Callable[[], str]]:
@@ -173,51 +166,47 @@ class Guidance:
         )
 
 
-class GuidedLogitsProcessor:
-    """Masks constrained rows to their grammar's allowed tokens (see module docstring)."""
+class GuidedRows:
+    """Masks constrained rows to their grammar's allowed tokens (see module docstring).
+    Rows are named by the caller's ids; rows never ``add`` ed here are unconstrained."""
 
-    def __init__(
-        self,
-        lltokenizer: llguidance.LLTokenizer,
-        executor: llguidance.LLExecutor,
-        grammars: Sequence[str | None],
-        is_finished: Callable[[int], bool],
-        prompt_width: int,
-    ) -> None:
-        from llguidance import LLMatcher
-
+    def __init__(self, lltokenizer: llguidance.LLTokenizer, executor: llguidance.LLExecutor):
+        self._lltokenizer = lltokenizer
         self._executor = executor
-        self._is_finished = is_finished
-        self._prompt_width = prompt_width
         self._eos = int(lltokenizer.eos_token)
-        self._matchers = {
-            row: LLMatcher(lltokenizer, grammar)
-            for row, grammar in enumerate(grammars)
-            if grammar is not None
-        }
-        self._rows = sorted(self._matchers)
-        words = (lltokenizer.vocab_size + 31) // 32
-        self._bitmask = torch.zeros((len(self._rows), words), dtype=torch.int32)
+        self._matchers: dict[int, llguidance.LLMatcher] = {}
+        self._words = (lltokenizer.vocab_size + 31) // 32
         self._shifts = torch.arange(32, dtype=torch.int32)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] > self._prompt_width:
-            self._consume(input_ids[:, -1].tolist())
-        live = [row for row in self._rows if not self._is_finished(row)]
-        if not live:
-            return scores
-        bitmask = self._bitmask[: len(live)]
+    def __bool__(self) -> bool:
+        return bool(self._matchers)
+
+    def add(self, row: int, grammar: str) -> None:
+        from llguidance import LLMatcher
+
+        self._matchers[row] = LLMatcher(self._lltokenizer, grammar)
+
+    def drop(self, row: int) -> None:
+        self._matchers.pop(row, None)
+
+    def mask(self, scores: torch.Tensor, rows: Sequence[int]) -> None:
+        """Set to -inf, in place, every token the grammar of ``rows[i]`` forbids in
+        ``scores[i]``."""
+        at = [i for i, row in enumerate(rows) if row in self._matchers]
+        if not at:
+            return
+        matchers = [self._matchers[rows[i]] for i in at]
+        bitmask = torch.zeros((len(at), self._words), dtype=torch.int32)
         # What llguidance.torch.fill_next_token_bitmask_par does; that module is not imported
         # because importing it runs a torch.compile decorator (~0.7 s of dynamo start-up).
         self._executor.unsafe_compute_mask_ptr(
-            [(self._matchers[row], i) for i, row in enumerate(live)],
+            [(matcher, i) for i, matcher in enumerate(matchers)],
             bitmask.data_ptr(),
             bitmask.shape[1] * bitmask.element_size(),
-            len(live),
+            len(at),
         )
-        allowed = ((bitmask.unsqueeze(-1) >> self._shifts) & 1).view(len(live), -1).bool()
-        for i, row in enumerate(live):
-            matcher = self._matchers[row]
+        allowed = ((bitmask.unsqueeze(-1) >> self._shifts) & 1).view(len(at), -1).bool()
+        for i, matcher in enumerate(matchers):
             if matcher.is_stopped() or matcher.is_error():  # grammar complete (or broken): end
                 allowed[i].zero_()
                 allowed[i, self._eos] = True
@@ -225,17 +214,14 @@ class GuidedLogitsProcessor:
         if allowed.shape[1] < vocab:  # logits wider than the tokenizer: extra ids never allowed
             allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]))
         allowed = allowed[:, :vocab].to(scores.device, non_blocking=True)
-        index = torch.tensor(live, device=scores.device)
+        index = torch.tensor(at, device=scores.device)
         scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
-        return scores
 
-    def _consume(self, last_tokens: list[int]) -> None:
-        """Advance each live constrained row's matcher by the token it took last step."""
-        for row in self._rows:
-            if self._is_finished(row):
+    def advance(self, rows: Sequence[int], tokens: Sequence[int]) -> None:
+        """Feed each constrained row's matcher the token the row just took."""
+        for row, token in zip(rows, tokens, strict=True):
+            matcher = self._matchers.get(row)
+            if matcher is None or matcher.is_stopped() or matcher.is_error():
                 continue
-            matcher = self._matchers[row]
-            if matcher.is_stopped() or matcher.is_error():
-                continue
-            if not matcher.consume_token(last_tokens[row]):
+            if not matcher.consume_token(token):
                 logger.warning("guided row %d left its grammar: %s", row, matcher.get_error())

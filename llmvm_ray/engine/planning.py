@@ -1,10 +1,7 @@
-"""From requests to batch rows, and from rows to the padded batches that can run together.
+"""From requests to batch rows.
 
 A request with ``n`` choices becomes ``n`` rows (one sequence each) sharing its prompt; every
-row carries everything the per-row processors need. Rows normally all run in ONE padded
-``generate``; they are split into consecutive sub-batches only when a single batch cannot
-hold them (more distinct adapters than a replica keeps loaded, or a padded batch that would
-run a row past the model's positions).
+row carries everything the per-row sampling, grammar, stopping and adapter code needs.
 """
 
 from __future__ import annotations
@@ -65,55 +62,3 @@ def build_rows(prepared: Sequence[PreparedRequest]) -> list[RowPlan]:
                 )
             )
     return rows
-
-
-def split_batches(
-    prepared: Sequence[PreparedRequest], *, max_adapters: int, max_model_len: int
-) -> list[list[int]]:
-    """Group request indices (in order) into batches that can each run as one ``generate``.
-
-    A batch holds at most ``max_adapters`` distinct adapters (they must all be loaded at
-    once), never two paths under one adapter name, and keeps ``longest prompt + largest
-    max_tokens <= max_model_len``: in a padded batch every row keeps decoding until the
-    longest-running row is done, so a long-prompt row would otherwise be pushed past the
-    positions the model has (a crash for models with learned position embeddings). The
-    requests of one batch stay in the caller's order.
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    adapters: dict[str, str] = {}
-    longest_prompt = most_tokens = 0
-    for index, item in enumerate(prepared):
-        ref: AdapterRef | None = item.request.adapter
-        if current and not _fits(
-            adapters, longest_prompt, most_tokens, item, max_adapters, max_model_len
-        ):
-            batches.append(current)
-            current, adapters, longest_prompt, most_tokens = [], {}, 0, 0
-        current.append(index)
-        if ref is not None:
-            adapters[ref.name] = ref.path
-        longest_prompt = max(longest_prompt, len(item.prompt_ids))
-        most_tokens = max(most_tokens, item.request.params.max_tokens)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _fits(
-    adapters: dict[str, str],
-    longest_prompt: int,
-    most_tokens: int,
-    item: PreparedRequest,
-    max_adapters: int,
-    max_model_len: int,
-) -> bool:
-    """Whether ``item`` can join a batch with these adapters and lengths."""
-    ref = item.request.adapter
-    if ref is not None:
-        if adapters.get(ref.name, ref.path) != ref.path:
-            return False  # two versions of one adapter name cannot be loaded together
-        if ref.name not in adapters and len(adapters) + 1 > max_adapters:
-            return False
-    prompt = max(longest_prompt, len(item.prompt_ids))
-    return prompt + max(most_tokens, item.request.params.max_tokens) <= max_model_len

@@ -1,18 +1,17 @@
 """Per-row sampling with per-row random generators.
 
-HF ``generate`` has one global RNG for the whole batch, so with ``do_sample=True`` a row's
-text depends on what else shares its batch. Instead ``generate`` runs in greedy mode and
-``RowSampler`` — the LAST logits processor — picks each row's token itself: it applies the
-row's temperature and top-p, draws from the row's own ``torch.Generator`` and leaves only the
-chosen token finite, so greedy ``argmax`` takes exactly that token. A row's draws then
-depend only on its own seed and logits (measured: identical alone, in any batch, in any
-order). Constraint processors (guided output) run before it.
+One RNG for a whole batch (as HF ``generate`` has) would make a row's text depend on what
+else shares its batch. ``RowSampler`` instead picks each row's token itself: it applies the
+row's temperature and top-p and draws from the row's own ``torch.Generator``. A row's draws
+then depend only on its own seed and logits (measured: identical alone, in any batch, in any
+order, joining a running batch at any step). Constraints (guided output) mask the logits
+before it chooses.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,50 +57,49 @@ class RowSampling:
 
 
 class RowSampler:
-    """Logits processor that chooses every live row's next token (see module docstring).
-
-    ``is_finished(row)`` lets it skip rows the engine has already finished: their tokens are
-    ignored, so there is no point spending work (or generator draws) on them.
+    """Chooses every row's next token (see module docstring). Rows are named by the ids the
+    caller gives them in ``add``; ``choose`` gets the logits of some rows, in any order.
 
     The arithmetic is batched over rows (row-wise softmax, cumsum and search), which keeps a
     row's result independent of its neighbours while costing one kernel per step instead of
     one per row.
     """
 
-    def __init__(self, rows: Sequence[RowSampling], is_finished: Callable[[int], bool]) -> None:
-        self._rows = list(rows)
-        self._is_finished = is_finished
-        self._generators: list[torch.Generator | None] = []
-        for row in self._rows:
-            if row.temperature > 0:
-                generator = torch.Generator(device="cpu")
-                generator.manual_seed(row.seed)
-                self._generators.append(generator)
-            else:
-                self._generators.append(None)
+    def __init__(self) -> None:
+        self._rows: dict[int, RowSampling] = {}
+        self._generators: dict[int, torch.Generator | None] = {}
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        live = [r for r in range(len(self._rows)) if not self._is_finished(r)]
-        if not live:
-            return scores
-        greedy = [r for r in live if self._generators[r] is None]
-        sampled = [r for r in live if self._generators[r] is not None]
-        chosen: dict[int, int] = {}
+    def add(self, row: int, sampling: RowSampling) -> None:
+        self._rows[row] = sampling
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(sampling.seed)
+        self._generators[row] = generator
+
+    def drop(self, row: int) -> None:
+        del self._rows[row], self._generators[row]
+
+    def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> list[int]:
+        """The next token of ``rows[i]`` from its logits ``scores[i]``."""
+        greedy = [i for i, row in enumerate(rows) if self._generators[row] is None]
+        sampled = [i for i, row in enumerate(rows) if self._generators[row] is not None]
+        chosen = [0] * len(rows)
         if greedy:
             index = torch.tensor(greedy, device=scores.device)
-            chosen.update(zip(greedy, scores[index].argmax(dim=-1).tolist(), strict=True))
+            for i, token in zip(greedy, scores[index].argmax(dim=-1).tolist(), strict=True):
+                chosen[i] = token
         if sampled:
-            chosen.update(self._sample(scores, sampled))
-        rows = torch.tensor(list(chosen), device=scores.device)
-        tokens = torch.tensor(list(chosen.values()), device=scores.device)
-        scores[rows] = float("-inf")
-        scores[rows, tokens] = 0.0
-        return scores
+            picks = self._sample(scores, [rows[i] for i in sampled], sampled)
+            for i, token in zip(sampled, picks, strict=True):
+                chosen[i] = token
+        return chosen
 
-    def _sample(self, scores: torch.Tensor, rows: list[int]) -> dict[int, int]:
-        """Draw the next token of every sampled row from its own generator."""
+    def _sample(self, scores: torch.Tensor, rows: list[int], at: list[int]) -> list[int]:
+        """Draw the next token of each of ``rows`` (whose logits are ``scores[at]``) from
+        its own generator."""
         device = scores.device
-        index = torch.tensor(rows, device=device)
+        index = torch.tensor(at, device=device)
         temperature = torch.tensor([self._rows[r].temperature for r in rows], device=device)
         logits = scores[index].float()
         probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
@@ -122,7 +120,7 @@ class RowSampler:
             chosen.update((rows[i], token) for i, token in zip(plain, picks, strict=True))
         if nucleus:
             chosen.update(self._sample_nucleus(probs, u, rows, nucleus))
-        return chosen
+        return [chosen[row] for row in rows]
 
     def _sample_nucleus(
         self, probs: torch.Tensor, u: torch.Tensor, rows: list[int], at: list[int]

@@ -1,8 +1,9 @@
-"""Per-row progress of one padded batch: decoded text, stop strings, finish reasons.
+"""Per-row progress of a running batch: decoded text, stop strings, finish reasons.
 
-``RowTracker`` is the single source of truth about every row while ``generate`` runs. The
-stopping criterion feeds it each step's tokens; the logits processors ask it which rows are
-finished; the streamer drains the text it has committed. The final text of a choice is the
+``RowTracker`` is the single source of truth about every row while ``generate`` runs. Rows
+are named by the ids ``add`` hands out (they join and leave a running batch, so their
+positions in it change); the decoding loop feeds it each step's tokens, asks it which rows
+are finished and drains the text it has committed for streaming. The final text of a choice is the
 committed text at the moment the row finished, so streamed deltas always concatenate to
 exactly the returned text, whether or not anyone streamed.
 
@@ -51,28 +52,47 @@ class RowDelta:
 
 
 class RowTracker:
-    """Decodes, stops and finishes the rows of one batch (see module docstring)."""
+    """Decodes, stops and finishes the rows of a running batch (see module docstring).
 
-    def __init__(self, rows: Sequence[RowPlan], tokenizer: Any, eos_token_ids: Collection[int]):
-        self.rows = list(rows)
+    Memory stays bounded however long a batch runs: ``drop`` forgets a row once its result
+    is built, and per-step work only visits rows that are live or have unsent text.
+    """
+
+    def __init__(
+        self, rows: Sequence[RowPlan], tokenizer: Any, eos_token_ids: Collection[int]
+    ) -> None:
         self._tokenizer = tokenizer
         self._eos = frozenset(eos_token_ids)
-        self._states = [RowState() for _ in self.rows]
+        self.rows: dict[int, RowPlan] = {}
+        self._states: dict[int, RowState] = {}
+        self._live: dict[int, None] = {}  # unfinished rows, in the order they were added
+        self._unsent: dict[int, None] = {}  # rows with text or a final delta not taken yet
         self._aborted: set[str] = set()
+        self._next_id = 0
+        for row in rows:
+            self.add(row)
+
+    def add(self, plan: RowPlan) -> int:
+        """Track a new row; return its id."""
+        row = self._next_id
+        self._next_id += 1
+        self.rows[row] = plan
+        self._states[row] = RowState()
+        self._live[row] = None
+        return row
+
+    def drop(self, row: int) -> None:
+        """Forget a finished row (after its result was built)."""
+        del self.rows[row], self._states[row]
+        self._live.pop(row, None)
+        self._unsent.pop(row, None)
 
     # --- queries -------------------------------------------------------------------------
     def is_finished(self, row: int) -> bool:
         return self._states[row].finish_reason is not None
 
-    def finished_mask(self) -> list[bool]:
-        return [s.finish_reason is not None for s in self._states]
-
     def live_request_ids(self) -> set[str]:
-        return {
-            p.request_id
-            for p, s in zip(self.rows, self._states, strict=True)
-            if s.finish_reason is None
-        }
+        return {self.rows[row].request_id for row in self._live}
 
     def text(self, row: int) -> str:
         return self._states[row].committed
@@ -88,28 +108,31 @@ class RowTracker:
         """Finish every row of ``request_id`` at its next step (finish reason ``stop``)."""
         self._aborted.add(request_id)
 
-    def step(self, new_tokens: Sequence[int], aborted: Collection[str] = ()) -> None:
-        """Account for one decoding step: ``new_tokens[row]`` was appended to every row."""
+    def step(
+        self, rows: Sequence[int], new_tokens: Sequence[int], aborted: Collection[str] = ()
+    ) -> None:
+        """Account for one decoding step: ``new_tokens[i]`` was appended to row ``rows[i]``."""
         self._aborted.update(aborted)
-        for row, token in enumerate(new_tokens):
+        for row, token in zip(rows, new_tokens, strict=True):
             state = self._states[row]
             if state.finish_reason is not None:
-                continue  # a finished row keeps decoding in the padded batch; ignore it
+                continue  # finished rows take no more tokens
             plan = self.rows[row]
+            self._unsent[row] = None
             state.num_tokens += 1
             if token in self._eos:
-                self._finish(state, "stop")
+                self._finish(row, "stop")
                 continue
             state.token_ids.append(int(token))
             state.pending = self._pending_text(state)
             cut = _first_stop(state.pending, plan.stop)
             if cut is not None:
                 state.pending = state.pending[:cut]
-                self._finish(state, "stop")
+                self._finish(row, "stop")
             elif state.num_tokens >= plan.max_tokens:
-                self._finish(state, "length")
+                self._finish(row, "length")
             elif plan.request_id in self._aborted:
-                self._finish(state, "stop")
+                self._finish(row, "stop")
             else:
                 keep = len(state.pending) - _holdback(state.pending, plan.stop)
                 state.committed += state.pending[:keep]
@@ -117,14 +140,15 @@ class RowTracker:
 
     def finish_all(self, reason: FinishReason) -> None:
         """Finish every row still open (generation ended without them finishing)."""
-        for state in self._states:
-            if state.finish_reason is None:
-                self._finish(state, reason)
+        for row in list(self._live):
+            self._finish(row, reason)
 
     def take_deltas(self) -> list[RowDelta]:
         """Committed text not handed out yet, plus one final delta per finished row."""
         deltas: list[RowDelta] = []
-        for row, state in enumerate(self._states):
+        for row in list(self._unsent):
+            state = self._states[row]
+            del self._unsent[row]
             if state.final_sent:
                 continue
             text = state.committed[state.streamed :]
@@ -136,7 +160,10 @@ class RowTracker:
         return deltas
 
     # --- internals -----------------------------------------------------------------------
-    def _finish(self, state: RowState, reason: FinishReason) -> None:
+    def _finish(self, row: int, reason: FinishReason) -> None:
+        state = self._states[row]
+        self._live.pop(row, None)
+        self._unsent[row] = None
         state.committed += state.pending
         state.pending = ""
         state.finish_reason = reason

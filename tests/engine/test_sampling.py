@@ -25,13 +25,10 @@ def test_random_seed_is_json_friendly() -> None:
 
 
 def _pick(rows: list[RowSampling], scores: torch.Tensor, steps: int = 1) -> list[list[int]]:
-    sampler = RowSampler(rows, is_finished=lambda row: False)
-    picks: list[list[int]] = []
-    for _ in range(steps):
-        out = sampler(torch.zeros((len(rows), 1), dtype=torch.long), scores.clone())
-        assert torch.isfinite(out).sum(dim=-1).tolist() == [1] * len(rows)  # one token left
-        picks.append(out.argmax(dim=-1).tolist())
-    return picks
+    sampler = RowSampler()
+    for row, sampling in enumerate(rows):
+        sampler.add(row, sampling)
+    return [sampler.choose(scores.clone(), list(range(len(rows)))) for _ in range(steps)]
 
 
 def test_greedy_row_takes_the_argmax() -> None:
@@ -67,10 +64,19 @@ def test_masked_tokens_are_never_drawn() -> None:
     assert drawn == {3, 97}
 
 
-def test_finished_rows_are_left_alone() -> None:
-    sampler = RowSampler([RowSampling(1.0, 1.0, 1)], is_finished=lambda row: True)
-    scores = torch.randn((1, 10))
-    assert torch.equal(sampler(torch.zeros((1, 1), dtype=torch.long), scores.clone()), scores)
+def test_rows_are_chosen_by_id_in_any_order() -> None:
+    sampler = RowSampler()
+    sampler.add(7, RowSampling(1.0, 1.0, 42))
+    sampler.add(3, RowSampling(0.0, 1.0, 0))
+    scores = torch.zeros((2, 1000))
+    scores[1, 5] = 9.0  # the greedy row's logits are the second row of ``scores``
+    first = sampler.choose(scores.clone(), [7, 3])
+    assert first[1] == 5
+    alone = RowSampler()
+    alone.add(0, RowSampling(1.0, 1.0, 42))
+    assert first[0] == alone.choose(torch.zeros((1, 1000)), [0])[0]
+    sampler.drop(3)
+    assert sampler.choose(torch.zeros((1, 1000)), [7]) == alone.choose(torch.zeros((1, 1000)), [0])
 
 
 @pytest.mark.parametrize("spread", [0.05, 0.002])  # narrow nucleus (top-k path), wide (bisection)

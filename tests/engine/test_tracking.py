@@ -34,7 +34,7 @@ def feed(tracker: RowTracker, data: bytes | list[int]) -> list[str]:
     """Step one token at a time; return the streamed deltas (text) as they come."""
     out = []
     for token in data:
-        tracker.step([token])
+        tracker.step([0], [token])
         out.extend(d.text for d in tracker.take_deltas())
     return out
 
@@ -73,9 +73,9 @@ def test_multibyte_character_is_never_split() -> None:
 def test_eos_and_max_tokens_finish_rows() -> None:
     rows = [plan(request_id="a"), plan(max_tokens=2, request_id="b")]
     tracker = RowTracker(rows, ByteTokenizer(), [EOS])
-    tracker.step([ord("x"), ord("y")])
-    tracker.step([EOS, ord("z")])
-    assert tracker.finished_mask() == [True, True]
+    tracker.step([0, 1], [ord("x"), ord("y")])
+    tracker.step([0, 1], [EOS, ord("z")])
+    assert tracker.is_finished(0) and tracker.is_finished(1)
     assert (tracker.text(0), tracker.finish_reason(0), tracker.completion_tokens(0)) == (
         "x",
         "stop",
@@ -86,13 +86,30 @@ def test_eos_and_max_tokens_finish_rows() -> None:
         "length",
         2,
     )
-    tracker.step([ord("q"), ord("q")])  # finished rows ignore what the padded batch adds
+    tracker.step([0, 1], [ord("q"), ord("q")])  # finished rows take no more tokens
     assert (tracker.text(0), tracker.text(1)) == ("x", "yz")
 
 
 def test_abort_finishes_the_request_with_stop() -> None:
     tracker = RowTracker([plan(request_id="gone"), plan(request_id="kept")], ByteTokenizer(), [])
-    tracker.step([ord("a"), ord("b")], aborted={"gone"})
-    assert tracker.finished_mask() == [True, False]
+    tracker.step([0, 1], [ord("a"), ord("b")], aborted={"gone"})
+    assert (tracker.is_finished(0), tracker.is_finished(1)) == (True, False)
     assert tracker.finish_reason(0) == "stop"
     assert tracker.live_request_ids() == {"kept"}
+
+
+def test_rows_join_and_leave_with_stable_ids() -> None:
+    tracker = RowTracker([plan(request_id="a")], ByteTokenizer(), [EOS])
+    tracker.step([0], [ord("x")])
+    late = tracker.add(plan(request_id="b"))
+    assert late == 1
+    tracker.step([late, 0], [ord("y"), EOS])  # any order, any subset of the rows
+    assert (tracker.text(0), tracker.text(late)) == ("x", "y")
+    assert tracker.live_request_ids() == {"b"}
+    assert [(d.row, d.text, d.finish_reason) for d in tracker.take_deltas()] == [
+        (0, "x", "stop"),
+        (1, "y", None),
+    ]
+    tracker.drop(0)
+    assert tracker.take_deltas() == []  # a dropped row is forgotten, nothing left unsent
+    assert tracker.add(plan(request_id="c")) == 2  # ids are never reused
