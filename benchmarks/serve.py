@@ -8,13 +8,15 @@ on a shared, noisy box (absolute numbers are not). For each concurrency level th
 - ``direct``: the Ray Serve app over HTTP straight to the ingress replica's own HTTP server
   (Serve's throughput-optimized mode, on by default: ``ray.serve_throughput_optimized``);
 - ``proxy``: the same app over HTTP through the Serve proxy (the configured ``serve.port``);
+- ``static``: the same app (direct) with ``continuous_batching = false``: requests that
+  arrive while a batch decodes wait for the next batch instead of joining this one;
 - ``unbatched``: the same app (direct) with ``max_batch_size = 1``.
 
 The load generator is ``aiohttp`` (as vLLM's ``benchmark_serving``): on a 2-core machine the
 client shares the cores with the server, and httpx costs ~1.3 ms of CPU per request to
 aiohttp's ~0.25 ms (measured), which would be charged to the server.
 
-Each level alternates engine, direct and proxy runs ``--rounds`` times (this machine's speed
+Each level alternates engine, direct, proxy and static runs ``--rounds`` times (this machine's speed
 drifts by tens of percent over minutes) and reports medians of the per-round ratios. Each run
 sends ``--per-client`` requests per concurrent client (32: 512 requests at
 concurrency 16, ~32 batches), so every run lasts seconds rather than a few batches.
@@ -243,6 +245,15 @@ def main() -> None:
                     "engine_process": args.engine_process,
                 },
                 {
+                    "name": "static",
+                    "model_uri": str(model_dir),
+                    "max_batch_size": 16,
+                    "batch_wait_timeout_s": args.batch_wait,
+                    "continuous_batching": False,
+                    "num_gpus": args.num_gpus,
+                    "engine_process": args.engine_process,
+                },
+                {
                     "name": "unbatched",
                     "model_uri": str(model_dir),
                     "max_batch_size": 1,
@@ -284,13 +295,13 @@ def main() -> None:
             runs.setdefault((name, c), []).append(run)
             print(
                 f"  c={c:<3} {name:<9} {run.req_s:7.1f} req/s {run.tok_s:8.0f} tok/s "
-                f"{run.rows_per_batch:5.1f} rows/batch",
+                f"{run.rows_per_batch:5.1f} rows/engine call",
                 flush=True,
             )
 
         async def measure() -> None:
             for url in paths.values():
-                for model in ("batched", "unbatched"):
+                for model in ("batched", "static", "unbatched"):
                     await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
                 for _ in range(args.warmup_rounds):  # untimed: new batch shapes, see --help
@@ -301,6 +312,7 @@ def main() -> None:
                     record("engine", c, await timed_engine(c))
                     for name, url in paths.items():
                         record(name, c, await timed_http(url, "batched", c, items[c]))
+                    record("static", c, await timed_http(direct, "static", c, items[c]))
                 # Unbatched is engine-bound and slow: one run is enough for its ratio.
                 run = await timed_http(paths["direct"], "unbatched", c, unbatched_items[c])
                 record("unbatched", c, run)
@@ -313,16 +325,17 @@ def main() -> None:
     def tok_rate(path: str, c: int) -> float:
         return statistics.median(run.tok_s for run in runs[(path, c)])
 
-    def round_ratios(path: str, c: int) -> list[float]:
-        """This path's req/s over the engine's in the same round, per round."""
-        pairs = zip(runs[(path, c)], runs[("engine", c)], strict=True)
+    def round_ratios(path: str, c: int, over: str = "engine") -> list[float]:
+        """This path's req/s over ``over`` 's in the same round, per round."""
+        pairs = zip(runs[(path, c)], runs[(over, c)], strict=True)
         return [path_run.req_s / engine_run.req_s for path_run, engine_run in pairs]
 
     print()
     header = (
         f"{'concurrency':>11} | {'engine req/s':>12} | {'direct req/s':>12} | "
         f"{'proxy req/s':>11} | {'unbatched req/s':>15} | {'direct tok/s':>12} | "
-        f"{'direct/engine':>13} | {'proxy/engine':>12} | {'batched/unbatched':>17}"
+        f"{'direct/engine':>13} | {'proxy/engine':>12} | {'batched/unbatched':>17} | "
+        f"{'continuous/static':>17}"
     )
     print(header)
     print("-" * len(header))
@@ -333,7 +346,8 @@ def main() -> None:
             f"{tok_rate('direct', c):>12.0f} | "
             f"{statistics.median(round_ratios('direct', c)):>13.2f} | "
             f"{statistics.median(round_ratios('proxy', c)):>12.2f} | "
-            f"{rate('direct', c) / rate('unbatched', c):>17.2f}"
+            f"{rate('direct', c) / rate('unbatched', c):>17.2f} | "
+            f"{statistics.median(round_ratios('direct', c, 'static')):>17.2f}"
         )
         spread = []
         for name in ("direct", "proxy"):
@@ -344,6 +358,8 @@ def main() -> None:
     print("of the Serve HTTP run (straight to the ingress replica / through the Serve proxy)")
     print("over the in-process engine run just before it, same work")
     print("batched/unbatched: direct requests/s with max_batch_size=16 over max_batch_size=1")
+    print("continuous/static: direct requests/s with continuous batching over without (batches")
+    print("run one after another), median over rounds")
 
 
 if __name__ == "__main__":

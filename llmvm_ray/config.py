@@ -84,6 +84,11 @@ class ModelConfig(Section):
     max_batch_size: int = Field(
         16, ge=1, description="Most sequences a replica decodes together in one batch."
     )
+    continuous_batching: bool = Field(
+        True,
+        description="Requests arriving while a batch decodes join it at the next step (else "
+        "they wait for the next batch).",
+    )
     batch_wait_timeout_s: float = Field(
         0.05,
         ge=0,

@@ -14,10 +14,14 @@ The two sides talk over a private socket pair (``multiprocessing.connection`` fr
 pickled tuples). Parent to child: ``(kind, call_id, args)``. Child to parent:
 ``("reply", call_id, (ok, value))``, ``("delta", call_id, StreamDelta)`` while a streamed
 batch decodes, ``("result", call_id, GenerationResult)`` as each request finishes (before the
-batch's reply), ``("event", None, args)`` for adapter events. In the child, one thread reads
-messages: ``validate``, ``render_chat`` and ``count_tokens`` are answered there at once (the
-Engine does not lock for them), aborts are noted, and everything that takes the engine's lock
-(a batch, adapter loading) queues for the main thread, so an abort is seen while a batch runs.
+batch's reply), ``("rejected", call_id, (request_id, error))`` for an invalid joiner,
+``("event", None, args)`` for adapter events. A continuous batch's inbox is mirrored: the
+parent forwards what is put into its ``RequestInbox`` as ``("join", call_id, requests)`` and
+its closing as ``("close_inbox", call_id, None)`` into the child's own inbox. In the child,
+one thread reads messages: ``validate``, ``render_chat`` and ``count_tokens`` are answered
+there at once (the Engine does not lock for them), aborts and joiners are noted, adapter
+operations get a thread each (the Engine runs them between two decoding steps), and batches
+queue for the main thread, so an abort or a joiner is seen while a batch runs.
 
 Lifecycle: the child exits when the parent closes the connection or dies (its end of the
 socket pair closes with it), so a killed replica leaves no engine behind. A child that dies
@@ -45,6 +49,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
 from llmvm_ray.errors import ServiceUnavailableError
 
@@ -58,6 +63,8 @@ logger = logging.getLogger(__name__)
 _ABORT_POLL_S = 0.02
 # Calls the child answers on its reading thread, without waiting for a running batch.
 _INLINE = frozenset({"validate", "render_chat", "count_tokens"})
+# Calls the child answers on a thread of their own: the Engine queues them between steps.
+_ADAPTER_OPS = frozenset({"load_adapter", "unload_adapter", "loaded_adapters"})
 
 
 class EngineProcess:
@@ -89,6 +96,7 @@ class EngineProcess:
         self._pending: dict[int, Future] = {}
         self._deltas: dict[int, Callable[[StreamDelta], None]] = {}
         self._results: dict[int, Callable[[GenerationResult], None]] = {}
+        self._rejects: dict[int, Callable[[str, Exception], None]] = {}
         self._on_adapter_event = on_adapter_event
         self._dead: str | None = None
         self._send(("start", 0, model_config))
@@ -110,28 +118,55 @@ class EngineProcess:
         on_delta: Callable[[StreamDelta], None] | None = None,
         should_abort: Callable[[str], bool] | None = None,
         on_result: Callable[[GenerationResult], None] | None = None,
+        inbox: RequestInbox | None = None,
     ) -> list[GenerationResult]:
         """``Engine.generate`` in the child. ``should_abort`` is polled here (every 20 ms)
         and each newly aborted request is forwarded, so the child stops it at its next
-        step."""
-        if not requests:
+        step. What is put into ``inbox`` is forwarded as soon as it arrives."""
+        if not requests and inbox is None:
             return []
-        future = self._submit(
+        call_id, future = self._submit(
             "generate",
-            (requests, on_delta is not None, on_result is not None),
+            (
+                requests,
+                on_delta is not None,
+                on_result is not None,
+                inbox.max_rows if inbox is not None else None,
+            ),
             on_delta,
             on_result,
+            inbox.reject if inbox is not None else None,
         )
-        if should_abort is None:
-            return future.result()
         waiting = {r.request_id for r in requests}
+        forwarding = inbox is not None
         while True:
+            if forwarding:
+                assert inbox is not None
+                inbox.wait(_ABORT_POLL_S)
+                closed = inbox.closed  # read before taking: nothing is put after closing
+                joiners = inbox.take()
+                if joiners:
+                    waiting.update(r.request_id for r in joiners)
+                    self._send(("join", call_id, joiners))
+                if closed:
+                    self._send(("close_inbox", call_id, None))
+                    forwarding = False
+                if not future.done():
+                    self._forward_aborts(waiting, should_abort)
+                    continue
             try:
                 return future.result(timeout=_ABORT_POLL_S)
             except FutureTimeout:
-                for request_id in [r for r in waiting if should_abort(r)]:
-                    waiting.discard(request_id)
-                    self._send(("abort", -1, request_id))
+                self._forward_aborts(waiting, should_abort)
+
+    def _forward_aborts(
+        self, waiting: set[str], should_abort: Callable[[str], bool] | None
+    ) -> None:
+        if should_abort is None:
+            return
+        for request_id in [r for r in waiting if should_abort(r)]:
+            waiting.discard(request_id)
+            self._send(("abort", -1, request_id))
 
     def validate(self, request: GenerationRequest) -> int:
         return self._call("validate", request)
@@ -172,7 +207,7 @@ class EngineProcess:
 
     # --- plumbing ------------------------------------------------------------------------
     def _call(self, kind: str, *args: Any) -> Any:
-        return self._submit(kind, args).result()
+        return self._submit(kind, args)[1].result()
 
     def _submit(
         self,
@@ -180,7 +215,8 @@ class EngineProcess:
         args: Any,
         on_delta: Callable[[StreamDelta], None] | None = None,
         on_result: Callable[[GenerationResult], None] | None = None,
-    ) -> Future:
+        reject: Callable[[str, Exception], None] | None = None,
+    ) -> tuple[int, Future]:
         self.check()
         call_id = next(self._ids)
         future: Future = Future()
@@ -189,16 +225,17 @@ class EngineProcess:
             self._deltas[call_id] = on_delta
         if on_result is not None:
             self._results[call_id] = on_result
+        if reject is not None:
+            self._rejects[call_id] = reject
         try:
             self._send((kind, call_id, args))
         except OSError as exc:
+            self._forget(call_id)
             self._pending.pop(call_id, None)
-            self._deltas.pop(call_id, None)
-            self._results.pop(call_id, None)
             raise ServiceUnavailableError(f"engine process unreachable: {exc}") from exc
         if self._dead is not None:  # died between the check and the registration
             self._fail_pending()
-        return future
+        return call_id, future
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
@@ -224,8 +261,7 @@ class EngineProcess:
                 kind, call_id, payload = self._conn.recv()
                 if kind == "reply":
                     ok, value = payload
-                    self._deltas.pop(call_id, None)
-                    self._results.pop(call_id, None)
+                    self._forget(call_id)
                     future = self._pending.pop(call_id)
                     if ok:
                         future.set_result(value)
@@ -240,6 +276,10 @@ class EngineProcess:
                             on_result(payload)
                         except Exception:  # as in the Engine: the batch goes on
                             logger.exception("on_result failed for %r", payload.request_id)
+                elif kind == "rejected":
+                    reject = self._rejects.get(call_id)
+                    if reject is not None:
+                        reject(*payload)
                 elif kind == "event" and self._on_adapter_event is not None:
                     try:
                         self._on_adapter_event(*payload)
@@ -264,14 +304,19 @@ class EngineProcess:
         except Exception:  # noqa: BLE001 - the consumer's failure ends its request only
             self._send(("abort", -1, delta.request_id))
 
+    def _forget(self, call_id: int) -> None:
+        """Drop a finished call's callbacks."""
+        self._deltas.pop(call_id, None)
+        self._results.pop(call_id, None)
+        self._rejects.pop(call_id, None)
+
     def _fail_pending(self) -> None:
         while self._pending:
             try:
                 call_id, future = self._pending.popitem()
             except KeyError:  # emptied by the other thread
                 return
-            self._deltas.pop(call_id, None)
-            self._results.pop(call_id, None)
+            self._forget(call_id)
             with contextlib.suppress(InvalidStateError):
                 future.set_exception(ServiceUnavailableError(self._dead or "engine process died"))
 
@@ -285,13 +330,19 @@ def _child(conn: Connection) -> None:
         with send_lock:
             conn.send(message)
 
-    def send_error(kind: str, call_id: int | None, exc: BaseException) -> None:
-        """Send ``exc``, or a RuntimeError naming it when it does not pickle."""
+    def send_error(
+        kind: str,
+        call_id: int | None,
+        exc: BaseException,
+        wrap: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Send ``exc`` (as ``wrap(exc)``), or a RuntimeError naming it when it does not
+        pickle."""
+        wrap = wrap or (lambda error: error)
         try:
-            send((kind, call_id, (False, exc) if kind == "reply" else exc))
+            send((kind, call_id, wrap(exc)))
         except Exception:  # noqa: BLE001 - pickling failed; the text still helps
-            plain = RuntimeError(f"{type(exc).__name__}: {exc}")
-            send((kind, call_id, (False, plain) if kind == "reply" else plain))
+            send((kind, call_id, wrap(RuntimeError(f"{type(exc).__name__}: {exc}"))))
 
     _, _, config = conn.recv()
     try:
@@ -307,17 +358,25 @@ def _child(conn: Connection) -> None:
     send(("ready", None, {"model_name": engine.model_name, "max_model_len": engine.max_model_len}))
 
     aborted: set[str] = set()
+    inboxes: dict[int, RequestInbox] = {}  # running continuous batches' inboxes
     work: queue.Queue = queue.Queue()
 
     def forward(kind: str, call_id: int) -> Callable[[Any], None]:
         """A callback sending each value it gets as a ``kind`` message of ``call_id``."""
         return lambda value: send((kind, call_id, value))
 
+    def forward_result(call_id: int, result: GenerationResult) -> None:
+        aborted.discard(result.request_id)
+        send(("result", call_id, result))
+
+    def reject(call_id: int, request_id: str, exc: Exception) -> None:
+        send_error("rejected", call_id, exc, lambda error: (request_id, error))
+
     def answer(call_id: int, call: Callable[[], Any]) -> None:
         try:
             value = call()
         except Exception as exc:  # noqa: BLE001 - the parent re-raises it in the caller
-            send_error("reply", call_id, exc)
+            send_error("reply", call_id, exc, lambda error: (False, error))
         else:
             send(("reply", call_id, (True, value)))
 
@@ -331,7 +390,19 @@ def _child(conn: Connection) -> None:
                     break
                 elif kind in _INLINE:
                     answer(call_id, partial(getattr(engine, kind), *args))
+                elif kind in _ADAPTER_OPS:
+                    call = partial(getattr(engine, kind), *args)
+                    threading.Thread(target=answer, args=(call_id, call), daemon=True).start()
+                elif kind in ("join", "close_inbox"):
+                    inbox = inboxes.get(call_id)  # gone if its batch failed: ignore
+                    if inbox is not None and kind == "join":
+                        for request in args:
+                            inbox.put(request)
+                    elif inbox is not None:
+                        inbox.close()
                 else:
+                    if kind == "generate" and args[3] is not None:  # before any joiner arrives
+                        inboxes[call_id] = RequestInbox(args[3], partial(reject, call_id))
                     work.put((kind, call_id, args))
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: nobody is waiting for the batch
@@ -341,15 +412,17 @@ def _child(conn: Connection) -> None:
     while (job := work.get()) is not None:
         kind, call_id, args = job
         if kind == "generate":
-            requests, stream, early = args
+            requests, stream, early, _ = args
             generate = partial(
                 engine.generate,
                 requests,
                 forward("delta", call_id) if stream else None,
                 aborted.__contains__,
-                forward("result", call_id) if early else None,
+                partial(forward_result, call_id) if early else None,
+                inboxes.get(call_id),
             )
             answer(call_id, generate)
+            inboxes.pop(call_id, None)
             aborted.difference_update(r.request_id for r in requests)
         else:
             answer(call_id, partial(getattr(engine, kind), *args))

@@ -1,10 +1,20 @@
-"""Micro-batching of generation requests inside one replica.
+"""Batching of generation requests inside one replica.
 
 Why not ``@serve.batch``: it splits batches by multiplexed model id (so a batch would never
 mix adapters) and its streaming mode yields one item per request per step, while the engine
-already streams per-row deltas from a single padded ``generate`` call. This loop collects
-requests into a batch, runs one engine call in a worker thread, and routes every delta and
-result back to its request's queue. Requests arriving while a batch runs form the next batch.
+already streams per-row deltas from its own decoding loop. This loop collects requests into a
+batch, runs one engine call in a worker thread, and routes every delta and result back to its
+request's queue.
+
+Requests arriving while a batch runs join it (continuous batching, the default): they go
+into the running call's ``RequestInbox`` and the engine prefills them and adds them to the
+batch at its next step, up to ``max_batch_size`` rows; the call ends when nothing is left
+(this loop, which sees every result come back, closes the inbox then). Why: in a closed loop
+every client of a batch is in the batch, so an engine that waits for the whole batch to
+finish before taking the next one idles while every result travels back and every next
+request travels in (measured on 2 CPU cores: ~15 % of a 4 x 256 model's time at concurrency
+16, ~25 % on an H200). With ``continuous=False`` requests arriving while a batch runs form
+the next batch instead.
 
 How long to wait before starting a batch is adaptive. A fixed wait either adds its full delay
 to every lone request or, under load, splits closed-loop clients into two half batches that
@@ -25,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
 
 logger = logging.getLogger(__name__)
@@ -35,6 +46,7 @@ RunBatch = Callable[
         Callable[[StreamDelta], None] | None,
         Callable[[str], bool],
         Callable[[GenerationResult], None],
+        RequestInbox | None,
     ],
     list[GenerationResult],
 ]
@@ -53,24 +65,36 @@ class _Pending:
 class Batcher:
     """Collects requests into batches and runs them one batch at a time.
 
-    ``run_batch(requests, on_delta, should_abort, on_result)`` is the engine call
-    (``on_delta`` is None when no request of the batch streams; ``on_result`` takes each
-    request's result as soon as it is finished, so a short answer leaves before the batch's
-    longest); it runs in a thread so the event loop keeps accepting requests while a batch
-    decodes.
+    ``run_batch(requests, on_delta, should_abort, on_result, inbox)`` is the engine call
+    (``Engine.generate``; ``on_delta`` is None when no request of the batch streams;
+    ``on_result`` takes each request's result as soon as it is finished, so a short answer
+    leaves before the batch's longest; ``inbox`` brings requests that arrive while it runs,
+    None with ``continuous=False``); it runs in a thread so the event loop keeps accepting
+    requests while a batch decodes.
     """
 
     def __init__(
-        self, run_batch: RunBatch, max_batch_size: int, wait_s: float, window_s: float = 1.0
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        wait_s: float,
+        window_s: float = 1.0,
+        continuous: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
+        self._continuous = continuous
         self._wait_s = wait_s
         self._window_s = window_s
         self._pending: list[_Pending] = []
         self._running_rows = 0
+        # The running batch, while it takes joiners: its inbox, its requests by id (the
+        # engine thread's callbacks look them up) and how many still owe a result.
+        self._inbox: RequestInbox | None = None
+        self._by_id: dict[str, _Pending] = {}
+        self._owed = 0
         # Peak concurrency of the current and the previous window: a cheap sliding maximum.
         self._peak = (0, 0)
         self._window_started = time.monotonic()
@@ -106,9 +130,10 @@ class Batcher:
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
         self._ensure_loop()
         item = _Pending(request, streams)
-        self._pending.append(item)
+        if not self._join(item):
+            self._pending.append(item)
+            self._wakeup.set()
         self._observe(self._running_rows + self._rows_waiting())
-        self._wakeup.set()
         try:
             while True:
                 event = await item.queue.get()
@@ -178,8 +203,32 @@ class Batcher:
             if batch:
                 await self._run(batch, loop)
 
+    def _join(self, item: _Pending) -> bool:
+        """Hand ``item`` to the running batch; False when there is none to join."""
+        if self._inbox is None or not self._inbox.put(item.request):
+            return False
+        self._by_id[item.request.request_id] = item
+        self._owed += 1
+        self._running_rows += item.request.params.n
+        self.sequences_run += item.request.params.n
+        return True
+
+    def _settle(self, item: _Pending, outcome: GenerationResult | BaseException) -> None:
+        """Deliver ``item``'s result (or error) once; close the inbox when nothing is owed.
+        On the event loop."""
+        if self._by_id.pop(item.request.request_id, None) is None:
+            return  # already settled
+        item.queue.put_nowait(outcome)
+        if not isinstance(outcome, BaseException):
+            item.queue.put_nowait(_DONE)
+        self._owed -= 1
+        self._running_rows -= item.request.params.n
+        if self._owed == 0 and self._inbox is not None:
+            self._inbox.close()  # nothing running, nothing waiting: let the call end
+            self._inbox = None
+
     async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        by_id = {item.request.request_id: item for item in batch}
+        by_id = self._by_id  # the engine thread reads it; joiners are added on the loop
 
         def on_delta(delta: StreamDelta) -> None:
             item = by_id.get(delta.request_id)
@@ -190,39 +239,51 @@ class Batcher:
             item = by_id.get(request_id)
             return item is None or item.aborted
 
-        delivered: set[str] = set()  # results handed over before the batch ended
-
-        def finish(item: _Pending, result: GenerationResult) -> None:
-            item.queue.put_nowait(result)
-            item.queue.put_nowait(_DONE)
-
         def on_result(result: GenerationResult) -> None:
             item = by_id.get(result.request_id)
             if item is not None:
-                delivered.add(result.request_id)
-                loop.call_soon_threadsafe(finish, item, result)
+                loop.call_soon_threadsafe(self._settle, item, result)
 
-        rows = sum(item.request.params.n for item in batch)
+        def reject(request_id: str, error: Exception) -> None:
+            item = by_id.get(request_id)
+            if item is not None:
+                loop.call_soon_threadsafe(self._settle, item, error)
+
+        for item in batch:
+            by_id[item.request.request_id] = item
+        self._owed = len(batch)
+        self._running_rows = sum(item.request.params.n for item in batch)
         self.batches_run += 1
-        self.sequences_run += rows
-        self._running_rows = rows
+        self.sequences_run += self._running_rows
+        if self._continuous:
+            self._inbox = RequestInbox(self._max_batch_size, reject)
+            while self._pending:  # more than one batch was waiting: the rest joins as rows free
+                item = self._pending.pop(0)
+                if not item.aborted:
+                    self._join(item)
+        streams = self._continuous or any(item.streams for item in batch)
         try:
-            # No delta callback when nobody streams: the engine then skips detokenizing
-            # every row at every step.
+            # No delta callback when nobody streams (a joiner might): the engine then skips
+            # detokenizing every row at every step.
             results = await asyncio.to_thread(
                 self._run_batch,
                 [item.request for item in batch],
-                on_delta if any(item.streams for item in batch) else None,
+                on_delta if streams else None,
                 should_abort,
                 on_result,
+                self._inbox,
             )
         except Exception as exc:  # one engine failure fails this batch's requests, not the loop
-            logger.exception("batch of %d requests failed", len(batch))
-            for item in batch:
-                item.queue.put_nowait(exc)
+            logger.exception("batch of %d requests failed", len(by_id))
+            for item in list(by_id.values()):
+                self._settle(item, exc)
             return
         finally:
-            self._running_rows = 0
+            if self._inbox is not None:  # the call ended (or failed) with its inbox open
+                self._inbox.close()
+                self._inbox = None
         for result in results:
-            if result.request_id not in delivered:
-                finish(by_id[result.request_id], result)
+            item = by_id.get(result.request_id)
+            if item is not None:  # its on_result callback has not been handled yet
+                self._settle(item, result)
+        self._running_rows = 0

@@ -51,6 +51,7 @@ class ModelServer:
             self.engine.generate,
             max_batch_size=model_config.max_batch_size,
             wait_s=model_config.batch_wait_timeout_s,
+            continuous=model_config.continuous_batching,
         )
 
     def _prepare(

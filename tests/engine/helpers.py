@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from llmvm_ray.config import ModelConfig
-from llmvm_ray.engine import AdapterRef, GenerationRequest, SamplingParams, StreamDelta
+from llmvm_ray.engine import (
+    AdapterRef,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    StreamDelta,
+)
+from llmvm_ray.engine.inbox import RequestInbox
 
 
 def model_config(path: Path, **overrides: Any) -> ModelConfig:
@@ -52,3 +60,65 @@ def long_sample(engine: Any, max_tokens: int = 24, min_chars: int = 16) -> tuple
         if long_enough and "\ufffd" not in text[:min_chars]:
             return seed, text
     raise AssertionError("no seed gave a long sample")
+
+
+class JoinRun:
+    """One ``generate`` call with an inbox, in a thread, plus what came back.
+
+    ``join_at`` maps a step number (counted in deltas of the first request; all that are
+    left go in with its last delta) to the requests put into the inbox at that point, so
+    joiners arrive while the batch is decoding. The
+    inbox closes once every request handed over has a result or was rejected.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        first: list[GenerationRequest],
+        join_at: dict[int, list[GenerationRequest]],
+        max_rows: int = 16,
+    ) -> None:
+        self.results: dict[str, GenerationResult] = {}
+        self.rejected: dict[str, Exception] = {}
+        self.deltas = 0
+        self.joined_mid_run = 0  # joiners put in while the first request still decoded
+        self._owed = len(first) + sum(len(v) for v in join_at.values())
+        self._join_at = join_at
+        self._first_id = first[0].request_id
+        self._lock = threading.Lock()
+        self.inbox = RequestInbox(max_rows, self._reject)
+        self.returned: list[GenerationResult] = []
+        self.thread = threading.Thread(
+            target=lambda: self.returned.extend(
+                engine.generate(first, self._delta, None, self._result, self.inbox)
+            )
+        )
+
+    def run(self, timeout: float = 60) -> JoinRun:
+        self.thread.start()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "generate did not end"
+        return self
+
+    def _delta(self, delta) -> None:
+        if delta.request_id == self._first_id:
+            self.deltas += 1
+            due = [k for k in self._join_at if k <= self.deltas or delta.finish_reason]
+            for step in sorted(due):
+                for request in self._join_at.pop(step):
+                    assert self.inbox.put(request)
+                    self.joined_mid_run += delta.finish_reason is None
+
+    def _settled(self) -> None:
+        with self._lock:
+            self._owed -= 1
+            if self._owed == 0:
+                self.inbox.close()
+
+    def _result(self, result: GenerationResult) -> None:
+        self.results[result.request_id] = result
+        self._settled()
+
+    def _reject(self, request_id: str, error: Exception) -> None:
+        self.rejected[request_id] = error
+        self._settled()

@@ -19,7 +19,7 @@ import pytest
 from llmvm_ray.engine import AdapterRef, Engine, StreamDelta
 from llmvm_ray.engine.process import EngineProcess
 from llmvm_ray.errors import InvalidRequestError, ServiceUnavailableError
-from tests.engine.helpers import joined_deltas, long_sample, model_config, req, texts
+from tests.engine.helpers import JoinRun, joined_deltas, long_sample, model_config, req, texts
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,18 @@ def test_early_results_cross_the_process_boundary(process: EngineProcess) -> Non
     )
     assert seen == ["short", "long"]
     assert [r.request_id for r in results] == ["short", "long"]
+
+
+def test_joiners_cross_the_process_boundary(process: EngineProcess, engine: Engine) -> None:
+    """A continuous batch's inbox is mirrored into the child: joiners decode in the running
+    batch with the texts they get in-process, an invalid one is rejected by name."""
+    seed, _ = long_sample(engine, max_tokens=30, min_chars=20)
+    first = req("first", seed=seed, max_tokens=30)
+    joiners = [req("j1", "Once upon", seed=2, max_tokens=8, n=2), req("j2", temperature=0)]
+    bad = req("bad", max_tokens=10**6)
+    run = JoinRun(process, [first], {1: joiners, 2: [bad]}).run()
+    assert run.joined_mid_run == 3
+    expected = texts(engine.generate([first, *joiners]))
+    assert {k: [c.text for c in r.choices] for k, r in run.results.items()} == expected
+    assert isinstance(run.rejected["bad"], InvalidRequestError)
+    assert run.rejected["bad"].param == "max_tokens"

@@ -1,8 +1,9 @@
-"""The replica's micro-batcher: batch formation, adaptive waiting, failures, aborts.
+"""The replica's batcher: batch formation, adaptive waiting, failures, aborts, joining.
 
-The batcher's engine call is a plain function here (it records the batches it is given): what
-is under test is the scheduling, which needs no model. The engine behind it is tested in
-tests/engine and through Serve in tests/serve/test_openai_api.py.
+Batch formation (``continuous=False``) is tested with a plain function as the engine call (it
+records the batches it is given): that scheduling needs no model. Continuous batching is
+tested with a real ``Engine`` on a tiny model, since what matters there is that requests
+really join a decoding batch and still get their own texts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ class Recorder:
         self.fail = fail
         self._lock = threading.Lock()
 
-    def __call__(self, requests, on_delta, should_abort, on_result) -> list[GenerationResult]:
+    def __call__(
+        self, requests, on_delta, should_abort, on_result, inbox=None
+    ) -> list[GenerationResult]:
+        assert inbox is None  # these tests are about forming batches
         with self._lock:
             self.batches.append([r.request_id for r in requests])
         if self.fail:
@@ -57,7 +61,7 @@ def request(i: int, n: int = 1) -> GenerationRequest:
 
 def test_a_lone_client_never_waits_for_company() -> None:
     engine = Recorder()
-    batcher = Batcher(engine, max_batch_size=16, wait_s=30.0)
+    batcher = Batcher(engine, max_batch_size=16, wait_s=30.0, continuous=False)
 
     async def main() -> None:
         for i in range(3):  # sequential: each would wait 30 s if the wait were fixed
@@ -71,7 +75,7 @@ def test_a_lone_client_never_waits_for_company() -> None:
 def test_a_steady_crowd_fills_whole_batches() -> None:
     """Closed-loop clients: after a warm-up the batcher waits for the returning ones."""
     engine = Recorder(delay_s=0.02)
-    batcher = Batcher(engine, max_batch_size=8, wait_s=2.0)
+    batcher = Batcher(engine, max_batch_size=8, wait_s=2.0, continuous=False)
 
     async def client(c: int) -> None:
         for k in range(6):
@@ -92,7 +96,7 @@ def test_a_steady_crowd_fills_whole_batches() -> None:
 
 def test_batches_respect_max_batch_size_counting_n() -> None:
     engine = Recorder(delay_s=0.05)
-    batcher = Batcher(engine, max_batch_size=4, wait_s=0.01)
+    batcher = Batcher(engine, max_batch_size=4, wait_s=0.01, continuous=False)
 
     async def main() -> None:
         await asyncio.gather(*(batcher.generate(request(i, n=3)) for i in range(4)))
@@ -103,7 +107,7 @@ def test_batches_respect_max_batch_size_counting_n() -> None:
 
 def test_an_engine_failure_fails_only_its_batch() -> None:
     engine = Recorder(fail=True)
-    batcher = Batcher(engine, max_batch_size=4, wait_s=0.0)
+    batcher = Batcher(engine, max_batch_size=4, wait_s=0.0, continuous=False)
 
     async def main() -> None:
         with pytest.raises(RuntimeError, match="exploded"):
@@ -117,7 +121,7 @@ def test_an_engine_failure_fails_only_its_batch() -> None:
 
 def test_abandoned_requests_are_not_run() -> None:
     engine = Recorder(delay_s=0.2)
-    batcher = Batcher(engine, max_batch_size=1, wait_s=0.0)
+    batcher = Batcher(engine, max_batch_size=1, wait_s=0.0, continuous=False)
 
     async def main() -> None:
         first = asyncio.create_task(batcher.generate(request(0)))
@@ -136,7 +140,7 @@ def test_a_finished_request_leaves_before_its_batch_ends() -> None:
     """A short answer is handed back as soon as the engine reports it, while the batch's
     longer rows still decode (no head-of-line blocking)."""
     engine = Recorder(delay_s=1.0)
-    batcher = Batcher(engine, max_batch_size=4, wait_s=0.05)
+    batcher = Batcher(engine, max_batch_size=4, wait_s=0.05, continuous=False)
     short = GenerationRequest("short", "s", SamplingParams(max_tokens=1))
 
     async def main() -> tuple[float, float]:
@@ -150,3 +154,88 @@ def test_a_finished_request_leaves_before_its_batch_ends() -> None:
     short_s, long_s = asyncio.run(main())
     assert sorted(engine.batches[0]) == ["r1", "short"] and len(engine.batches) == 1
     assert short_s < 0.5 < long_s
+
+
+# --- continuous batching, with a real engine ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    import torch
+
+    from llmvm_ray.config import ModelConfig
+    from llmvm_ray.engine import Engine
+
+    torch.set_num_threads(1)
+    return Engine(ModelConfig(name="tiny", model_uri=str(tiny_llama), device="cpu"))
+
+
+def sampled(i: int, **params) -> GenerationRequest:
+    params = {"max_tokens": 6 + i % 5 * 4, "seed": i, **params}
+    return GenerationRequest(f"c{i}", f"client prompt {i} " * (1 + i % 3), SamplingParams(**params))
+
+
+def test_closed_loop_clients_join_the_running_batch(engine) -> None:
+    batcher = Batcher(engine.generate, max_batch_size=4, wait_s=0.01)
+    requests = [sampled(i) for i in range(24)]
+    alone = {r.request_id: engine.generate([r])[0].choices[0].text for r in requests}
+
+    async def client(c: int) -> list[GenerationResult]:
+        return [await batcher.generate(r) for r in requests[c::4]]
+
+    async def main() -> list[GenerationResult]:
+        return [r for rs in await asyncio.gather(*(client(c) for c in range(4))) for r in rs]
+
+    results = asyncio.run(main())
+    assert {r.request_id: r.choices[0].text for r in results} == alone
+    # Each client's next request joined the decoding batch instead of waiting for it to end:
+    # far fewer engine calls than rounds of requests (6 rounds of 4 clients).
+    assert batcher.batches_run <= 2, batcher.batches_run
+    assert batcher.sequences_run == 24
+
+
+def test_joiners_stream_and_a_bad_joiner_fails_alone(engine) -> None:
+    batcher = Batcher(engine.generate, max_batch_size=8, wait_s=0.0)
+    long = sampled(1, max_tokens=200, temperature=0)  # greedy: no early EOS on this model
+
+    async def main() -> tuple[str, str, Exception]:
+        running = asyncio.create_task(batcher.generate(long))
+        await asyncio.sleep(0.02)  # the long request is decoding
+        streamed = ""
+        async for event in batcher.stream(sampled(2)):
+            if not isinstance(event, GenerationResult):
+                streamed += event.text
+            else:
+                final = event.choices[0].text
+        assert not running.done()
+        with pytest.raises(Exception) as bad:  # never validated before it joined
+            await batcher.generate(sampled(3, max_tokens=10**6))
+        await running
+        return streamed, final, bad.value
+
+    streamed, final, error = asyncio.run(main())
+    assert streamed == final == engine.generate([sampled(2)])[0].choices[0].text
+    assert getattr(error, "param", None) == "max_tokens"
+    assert batcher.batches_run == 1
+
+
+def test_an_engine_failure_fails_the_running_batch_and_its_joiners() -> None:
+    gate = threading.Event()
+
+    def exploding(requests, on_delta, should_abort, on_result, inbox):
+        gate.wait(5)  # joiners arrive meanwhile
+        raise RuntimeError("engine exploded")
+
+    batcher = Batcher(exploding, max_batch_size=4, wait_s=0.0)
+
+    async def main() -> list[object]:
+        first = asyncio.create_task(batcher.generate(request(0)))
+        await asyncio.sleep(0.05)
+        joiner = asyncio.create_task(batcher.generate(request(1)))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, joiner, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert [str(o) for o in outcomes] == ["engine exploded"] * 2
+    batcher.check()

@@ -1,0 +1,103 @@
+"""Continuous batching: requests joining a running ``generate`` through its inbox."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llmvm_ray.engine import AdapterRef, Engine, GenerationRequest, GenerationResult
+from llmvm_ray.engine.inbox import RequestInbox
+from llmvm_ray.errors import InvalidRequestError
+from tests.engine.helpers import JoinRun, long_sample, model_config, req, texts
+
+
+def alone(engine: Engine, request: GenerationRequest) -> list[str]:
+    return texts(engine.generate([request]))[request.request_id]
+
+
+@pytest.mark.parametrize("which", ["engine", "gpt2_engine"])
+def test_joiners_get_the_text_they_get_alone(which: str, request: pytest.FixtureRequest) -> None:
+    engine: Engine = request.getfixturevalue(which)
+    seed, _ = long_sample(engine, max_tokens=30, min_chars=20)  # runs all 30 steps
+    first = req("first", seed=seed, max_tokens=30)
+    joiners = {
+        1: [req("longer-prompt", "A much longer prompt than the first one, " * 3, seed=5)],
+        2: [
+            req("short-prompt", "x", seed=7, max_tokens=20, n=2, top_p=0.9),
+            req("greedy", "Hello world", temperature=0, max_tokens=12, stop=("e",)),
+        ],
+        4: [req("late", "Late again", seed=11, max_tokens=25)],
+    }
+    expected = {r.request_id: alone(engine, r) for v in joiners.values() for r in v}
+    expected["first"] = alone(engine, first)
+    run = JoinRun(engine, [first], joiners).run()
+    assert run.joined_mid_run == 4
+    assert {k: [c.text for c in r.choices] for k, r in run.results.items()} == expected
+    assert [r.request_id for r in run.returned] == ["first"]  # joiners come back by callback
+    assert not run.rejected
+
+
+def test_joiners_beyond_max_rows_wait_for_free_rows(engine: Engine) -> None:
+    first = [req(f"r{i}", f"prompt {i}", seed=i, max_tokens=10) for i in range(2)]
+    later = [req(f"j{i}", f"joiner {i}", seed=10 + i, max_tokens=6, n=1 + i % 2) for i in range(4)]
+    run = JoinRun(engine, first, {1: later}, max_rows=2).run()
+    assert set(run.results) == {r.request_id for r in first + later}
+    for r in first + later:
+        assert [c.text for c in run.results[r.request_id].choices] == alone(engine, r)
+
+
+def test_an_invalid_joiner_is_rejected_alone(engine: Engine) -> None:
+    first = req("first", seed=1, max_tokens=12)
+    bad = req("bad", max_tokens=10**6)
+    good = req("good", seed=2, max_tokens=5)
+    run = JoinRun(engine, [first], {1: [bad, good]}).run()
+    assert set(run.results) == {"first", "good"}
+    assert isinstance(run.rejected["bad"], InvalidRequestError)
+    assert run.rejected["bad"].param == "max_tokens"
+
+
+def test_an_empty_closed_inbox_ends_at_once(engine: Engine) -> None:
+    inbox = RequestInbox(4, lambda request_id, error: None)
+    inbox.close()
+    assert engine.generate([], inbox=inbox) == []
+
+
+def _in_thread(call: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def test_adapter_loading_is_not_locked_out_by_a_long_run(
+    tiny_llama: Path, lora_adapters: dict[str, Path]
+) -> None:
+    engine = Engine(model_config(tiny_llama, max_adapters_per_replica=1))
+    alpha = AdapterRef("alpha", str(lora_adapters["alpha"]))
+    beta = AdapterRef("beta", str(lora_adapters["beta"]))
+    with_alpha = req("a", seed=4, max_tokens=40, adapter=alpha)
+    expected = alone(engine, with_alpha)
+    engine.unload_adapter("alpha")
+    inbox = RequestInbox(8, lambda request_id, error: None)
+    results: list[GenerationResult] = []
+    started = threading.Event()
+
+    def on_delta(delta) -> None:
+        started.set()
+
+    runner = _in_thread(
+        lambda: results.extend(engine.generate([with_alpha], on_delta, inbox=inbox))
+    )
+    assert started.wait(30)
+    # The run holds the engine (its inbox is open) and its row uses alpha, the only slot:
+    # loading beta must wait until that row is done, not until the run ends.
+    loader = _in_thread(lambda: engine.load_adapter(beta))
+    loader.join(30)
+    assert not loader.is_alive(), "load_adapter waited for the whole run"
+    assert runner.is_alive()  # the run itself is still open
+    assert engine.loaded_adapters() == ["beta"]
+    inbox.close()
+    runner.join(30)
+    assert [c.text for c in results[0].choices] == expected  # alpha was kept while in use
