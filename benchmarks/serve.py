@@ -52,7 +52,8 @@ class Run:
     requests: int
     seconds: float
     tokens: int
-    rows_per_batch: float = 0.0  # the batcher's mean over the run
+    rows_per_step: float = 0.0  # the engine's mean occupancy over the run
+    rows_per_prefill: float = 0.0  # rows per prefill forward (joins)
 
     @property
     def req_s(self) -> float:
@@ -63,17 +64,24 @@ class Run:
         return self.tokens / self.seconds
 
 
-def _fill(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """Mean rows per batch between two (batches_run, sequences_run) readings."""
-    batches = after[0] - before[0]
-    return (after[1] - before[1]) / batches if batches else 0.0
+def _occupancy(before: dict[str, int], after: dict[str, int]) -> tuple[float, float]:
+    """Rows per decoding step and per prefill between two readings of the engine's
+    ``DecodeStats``."""
+    delta = {k: after[k] - before[k] for k in after}
+    per_step = delta["row_steps"] / delta["steps"] if delta["steps"] else 0.0
+    per_prefill = delta["prefill_rows"] / delta["prefills"] if delta["prefills"] else 0.0
+    return per_step, per_prefill
 
 
-def work(n: int, max_tokens: int) -> list[dict]:
+def work(n: int, max_tokens: int, mixed: bool = False) -> list[dict]:
+    """``n`` requests of ``max_tokens`` tokens each; ``mixed``: lengths spread evenly over
+    1/4 to 7/4 of ``max_tokens`` (same mean), in an order that mixes them in every batch."""
     return [
         {
             "prompt": f"Input: March {i % 28 + 1}, 20{i % 30:02d}\nOutput:",
-            "max_tokens": max_tokens,
+            "max_tokens": round(max_tokens * (0.25 + 1.5 * (i * 7 % 16) / 15))
+            if mixed
+            else max_tokens,
             "temperature": 1.0,
             "seed": i,
         }
@@ -156,6 +164,11 @@ def main() -> None:
         help="the Serve replicas' engine_process setting (auto: on with CUDA)",
     )
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="completion lengths spread from 1/4 to 7/4 of --max-tokens instead of all equal",
+    )
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the model")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--concurrency", default="1,4,16")
@@ -187,9 +200,10 @@ def main() -> None:
         args.warmup_rounds = 1 if torch.cuda.is_available() else 0
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    items = {c: work(args.per_client * c, args.max_tokens) for c in levels}
+    items = {c: work(args.per_client * c, args.max_tokens, args.mixed) for c in levels}
     unbatched_items = {
-        c: work((args.unbatched_per_client or args.per_client) * c, args.max_tokens) for c in levels
+        c: work((args.unbatched_per_client or args.per_client) * c, args.max_tokens, args.mixed)
+        for c in levels
     }
     warmup = work(4, args.max_tokens)
     # One untimed request per client before each timed run: the timed part is the steady
@@ -201,7 +215,8 @@ def main() -> None:
     build_tiny_model(model_dir, hidden_size=args.hidden, num_layers=args.layers)
     print(
         f"model: llama {args.layers} layers x {args.hidden}; {args.per_client} requests per "
-        f"client x {args.max_tokens} tokens; {args.rounds} rounds per level; "
+        f"client x {args.max_tokens} tokens{' (mixed lengths)' if args.mixed else ''}; "
+        f"{args.rounds} rounds per level; "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
         f"engine_process {args.engine_process}",
         flush=True,
@@ -221,10 +236,9 @@ def main() -> None:
             batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
             await run_engine(batcher, warmup, 1)
         await run_engine(batcher, ramp[c], c)
-        before = (batcher.batches_run, batcher.sequences_run)
+        before = engine.stats()
         seconds, tokens = await run_engine(batcher, items[c], c)
-        fill = _fill(before, (batcher.batches_run, batcher.sequences_run))
-        return Run(len(items[c]), seconds, tokens, fill)
+        return Run(len(items[c]), seconds, tokens, *_occupancy(before, engine.stats()))
 
     config = load_config(
         overrides={
@@ -281,21 +295,20 @@ def main() -> None:
             for model in config.models
         }
 
-        async def batch_counts(model: str) -> tuple[int, int]:
-            info = await replicas[model].info.remote()
-            return info["batches_run"], info["sequences_run"]
+        async def decoding(model: str) -> dict[str, int]:
+            return (await replicas[model].info.remote())["decoding"]
 
         async def timed_http(urls: list[str], model: str, c: int, todo: list[dict]) -> Run:
             await run_http(urls, model, ramp[c], c)
-            before = await batch_counts(model)
+            before = await decoding(model)
             seconds, tokens = await run_http(urls, model, todo, c)
-            return Run(len(todo), seconds, tokens, _fill(before, await batch_counts(model)))
+            return Run(len(todo), seconds, tokens, *_occupancy(before, await decoding(model)))
 
         def record(name: str, c: int, run: Run) -> None:
             runs.setdefault((name, c), []).append(run)
             print(
                 f"  c={c:<3} {name:<9} {run.req_s:7.1f} req/s {run.tok_s:8.0f} tok/s "
-                f"{run.rows_per_batch:5.1f} rows/engine call",
+                f"{run.rows_per_step:5.1f} rows/step {run.rows_per_prefill:5.1f} rows/prefill",
                 flush=True,
             )
 

@@ -86,8 +86,20 @@ class ModelConfig(Section):
     )
     continuous_batching: bool = Field(
         True,
-        description="Requests arriving while a batch decodes join it at the next step (else "
-        "they wait for the next batch).",
+        description="Requests arriving while a batch decodes join it (else they wait for the "
+        "next batch).",
+    )
+    join_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="Arrivals join a running batch as soon as their rows reach this share of "
+        "its running rows (each join costs a prefill forward).",
+    )
+    join_wait_steps: int = Field(
+        4,
+        ge=0,
+        description="Most decoding steps an arrival waits for others to join a running batch "
+        "with.",
     )
     batch_wait_timeout_s: float = Field(
         0.05,

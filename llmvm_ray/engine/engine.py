@@ -35,7 +35,7 @@ from llmvm_ray.engine.loader import load_model
 from llmvm_ray.engine.planning import PreparedRequest
 from llmvm_ray.engine.prompting import encode_prompt
 from llmvm_ray.engine.prompting import render_chat as _render_chat
-from llmvm_ray.engine.running import BatchRun
+from llmvm_ray.engine.running import BatchRun, DecodeStats
 from llmvm_ray.engine.sampling import random_seed
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
 from llmvm_ray.engine.validation import check_params
@@ -60,6 +60,7 @@ class Engine:
         self._lock = threading.Lock()
         self._ops: deque[_AdapterOp] = deque()
         self._ops_lock = threading.Lock()
+        self._stats = DecodeStats()
         self._adapters = AdapterManager(
             self._loaded.model,
             self._loaded.device,
@@ -162,11 +163,16 @@ class Engine:
                 on_delta,
                 should_abort,
                 on_result,
+                self._config.join_ratio,
+                self._config.join_wait_steps,
+                self._stats,
             )
             results = run.execute(prepared, inbox, lambda r: self._prepare(r, seed=None))
-        if run.prefills > 1:
-            logger.debug("batch ran %d steps over %d prefills", run.steps, run.prefills)
         return [results[request_id] for request_id in ids]
+
+    def stats(self) -> dict[str, int]:
+        """The decoding loop's cumulative counters (``DecodeStats``)."""
+        return self._stats.as_dict()
 
     def check(self) -> None:
         """Health check, for the interface it shares with ``EngineProcess``: an in-process

@@ -26,6 +26,7 @@ class RowPlan:
     sampling: RowSampling
     grammar: str | None  # compiled llguidance grammar, None when unconstrained
     adapter: AdapterRef | None  # None for the base model
+    stream: bool = True  # its deltas go to ``on_delta``
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def build_rows(prepared: Sequence[PreparedRequest]) -> list[RowPlan]:
                     ),
                     grammar=item.grammar,
                     adapter=item.request.adapter,
+                    stream=item.request.stream,
                 )
             )
     return rows

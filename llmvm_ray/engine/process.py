@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 # How often a waiting ``generate`` polls ``should_abort`` and forwards new aborts.
 _ABORT_POLL_S = 0.02
 # Calls the child answers on its reading thread, without waiting for a running batch.
-_INLINE = frozenset({"validate", "render_chat", "count_tokens"})
+_INLINE = frozenset({"validate", "render_chat", "count_tokens", "stats"})
 # Calls the child answers on a thread of their own: the Engine queues them between steps.
 _ADAPTER_OPS = frozenset({"load_adapter", "unload_adapter", "loaded_adapters"})
 
@@ -176,6 +176,9 @@ class EngineProcess:
 
     def count_tokens(self, text: str) -> int:
         return self._call("count_tokens", text)
+
+    def stats(self) -> dict[str, int]:
+        return self._call("stats")
 
     def load_adapter(self, ref: AdapterRef) -> None:
         self._call("load_adapter", ref)

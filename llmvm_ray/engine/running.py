@@ -46,6 +46,20 @@ Service = Callable[[Mapping[str, str]], bool]
 
 
 @dataclass
+class DecodeStats:
+    """Cumulative counters of an engine's decoding loop (operators read occupancy from them:
+    ``row_steps / steps`` rows per decoding step, ``prefill_rows / prefills`` per join)."""
+
+    steps: int = 0  # decoding forwards
+    row_steps: int = 0  # rows decoded, summed over steps
+    prefills: int = 0  # prefill forwards (a batch's first rows, then each group of joiners)
+    prefill_rows: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
 class _Active:
     """A request whose rows are in the batch."""
 
@@ -65,6 +79,9 @@ class BatchRun:
         on_delta: Callable[[StreamDelta], None] | None,
         should_abort: Callable[[str], bool] | None,
         on_result: Callable[[GenerationResult], None] | None,
+        join_ratio: float = 0.0,
+        join_wait_steps: int = 0,
+        stats: DecodeStats | None = None,
     ) -> None:
         self._loaded = loaded
         self._adapters = adapters
@@ -82,8 +99,11 @@ class BatchRun:
         self._active: dict[str, _Active] = {}
         self._keep: set[str] = set()  # request ids whose results ``execute`` returns
         self._results: dict[str, GenerationResult] = {}
-        self.prefills = 0  # batches of joiners prefilled (the first batch included)
-        self.steps = 0
+        self._arrived: dict[str, int] = {}  # joiner -> the step it arrived at
+        self._join_ratio = join_ratio
+        self._join_wait = join_wait_steps
+        self.stats = stats if stats is not None else DecodeStats()
+        self.steps = 0  # this run's decoding steps
 
     def execute(
         self,
@@ -119,6 +139,7 @@ class BatchRun:
     ) -> list[PreparedRequest]:
         accepted = []
         for request in inbox.take():
+            self._arrived[request.request_id] = self.steps
             try:
                 accepted.append(prepare(request))
             except Exception as exc:  # noqa: BLE001 - that request fails, the batch goes on
@@ -130,6 +151,8 @@ class BatchRun:
     ) -> None:
         """Prefill and join the waiting requests that fit, oldest first."""
         if self._live and not self._kv.can_join:
+            return
+        if self._live and waiting and not self._join_now(waiting):
             return
         batch: list[PreparedRequest] = []
         rows = len(self._live)
@@ -157,7 +180,22 @@ class BatchRun:
         if batch:
             self._prefill(batch)
 
+    def _join_now(self, waiting: deque[PreparedRequest]) -> bool:
+        """Whether the waiting requests join the running rows at this step.
+
+        Each join costs a prefill forward of its own, with a fixed cost of about a whole
+        decoding step (measured: 119 one- and two-row joins instead of 16 full batches cost
+        a closed loop of 16 clients a fifth of its throughput on CPU). So joiners gather
+        until they are ``join_ratio`` of the running rows, or the oldest has waited
+        ``join_wait_steps`` steps."""
+        rows = sum(item.request.params.n for item in waiting)
+        if rows >= self._join_ratio * len(self._live):
+            return True
+        return self.steps - self._arrived.get(waiting[0].request.request_id, 0) >= self._join_wait
+
     def _prefill(self, items: list[PreparedRequest]) -> None:
+        for item in items:
+            self._arrived.pop(item.request.request_id, None)
         plans = build_rows(items)
         ids = [self._tracker.add(plan) for plan in plans]
         for row, plan in zip(ids, plans, strict=True):
@@ -175,7 +213,8 @@ class BatchRun:
         logits = self._kv.prefill(
             self._adapters.model, [plan.prompt_ids for plan in plans], self._adapter_names(ids)
         )
-        self.prefills += 1
+        self.stats.prefills += 1
+        self.stats.prefill_rows += len(plans)
         self._live.extend(ids)
         self._advance(logits, ids)
 
@@ -186,6 +225,8 @@ class BatchRun:
             self._adapters.model, [self._next[row] for row in rows], self._adapter_names(rows)
         )
         self.steps += 1
+        self.stats.steps += 1
+        self.stats.row_steps += len(rows)
         self._advance(logits, rows)
 
     def _advance(self, logits: torch.Tensor, rows: list[int]) -> None:
@@ -230,7 +271,7 @@ class BatchRun:
             )
         else:
             choices = tuple(Choice(i, "", "stop", 0) for i in range(request.params.n))
-            if self._streamer is not None:  # every choice still ends with a final delta
+            if self._streamer is not None and request.stream:  # each choice ends with a delta
                 for choice in choices:
                     self._streamer.send(StreamDelta(request.request_id, choice.index, "", "stop"))
         for row in rows:

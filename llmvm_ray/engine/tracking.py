@@ -118,7 +118,8 @@ class RowTracker:
             if state.finish_reason is not None:
                 continue  # finished rows take no more tokens
             plan = self.rows[row]
-            self._unsent[row] = None
+            if plan.stream:
+                self._unsent[row] = None
             state.num_tokens += 1
             if token in self._eos:
                 self._finish(row, "stop")
@@ -144,7 +145,8 @@ class RowTracker:
             self._finish(row, reason)
 
     def take_deltas(self) -> list[RowDelta]:
-        """Committed text not handed out yet, plus one final delta per finished row."""
+        """Committed text not handed out yet, plus one final delta per finished row (of
+        the rows whose request streams)."""
         deltas: list[RowDelta] = []
         for row in list(self._unsent):
             state = self._states[row]
@@ -163,7 +165,8 @@ class RowTracker:
     def _finish(self, row: int, reason: FinishReason) -> None:
         state = self._states[row]
         self._live.pop(row, None)
-        self._unsent[row] = None
+        if self.rows[row].stream:
+            self._unsent[row] = None
         state.committed += state.pending
         state.pending = ""
         state.finish_reason = reason

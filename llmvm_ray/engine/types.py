@@ -64,12 +64,19 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt to complete (already chat-templated if it came from chat)."""
+    """One prompt to complete (already chat-templated if it came from chat).
+
+    ``stream``: whether its text goes to the generate call's ``on_delta`` as it decodes. A
+    batch serving streaming and non-streaming clients at once sets it per request, so the
+    engine spends nothing on deltas nobody reads (with an engine process, one message per
+    row per step).
+    """
 
     request_id: str
     prompt: str
     params: SamplingParams = field(default_factory=SamplingParams)
     adapter: AdapterRef | None = None
+    stream: bool = True
 
 
 @dataclass(frozen=True)

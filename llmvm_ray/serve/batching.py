@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -129,6 +130,8 @@ class Batcher:
         self, request: GenerationRequest, streams: bool
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
         self._ensure_loop()
+        if request.stream != streams:
+            request = dataclasses.replace(request, stream=streams)
         item = _Pending(request, streams)
         if not self._join(item):
             self._pending.append(item)
@@ -263,8 +266,8 @@ class Batcher:
                     self._join(item)
         streams = self._continuous or any(item.streams for item in batch)
         try:
-            # No delta callback when nobody streams (a joiner might): the engine then skips
-            # detokenizing every row at every step.
+            # No delta callback when nobody streams and nobody can join (a joiner might);
+            # rows of requests that do not stream make no deltas either way.
             results = await asyncio.to_thread(
                 self._run_batch,
                 [item.request for item in batch],

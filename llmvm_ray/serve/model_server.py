@@ -102,6 +102,7 @@ class ModelServer:
             "loaded_adapters": self.engine.loaded_adapters(),
             "batches_run": self.batcher.batches_run,
             "sequences_run": self.batcher.sequences_run,
+            "decoding": self.engine.stats(),
         }
 
     async def check_health(self) -> None:

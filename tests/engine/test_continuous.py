@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -101,3 +102,48 @@ def test_adapter_loading_is_not_locked_out_by_a_long_run(
     inbox.close()
     runner.join(30)
     assert [c.text for c in results[0].choices] == expected  # alpha was kept while in use
+
+
+def _policy_engine(tiny_llama: Path, **policy: float) -> Engine:
+    return Engine(model_config(tiny_llama, **policy))
+
+
+def test_arrivals_gather_before_joining(tiny_llama: Path) -> None:
+    """Each join is a prefill forward of its own: arrivals wait until their rows reach
+    ``join_ratio`` of the running rows (here 2 of 4), then join together."""
+    engine = _policy_engine(tiny_llama, join_ratio=0.5, join_wait_steps=10_000)
+    first = [req(f"r{i}", f"prompt {i}", temperature=0, max_tokens=60) for i in range(4)]
+    joiners = {1: [req("j1", seed=1, max_tokens=5)], 3: [req("j2", seed=2, max_tokens=5)]}
+    before = engine.stats()
+    run = JoinRun(engine, first, joiners).run()
+    assert run.joined_mid_run == 2 and set(run.results) == {"r0", "r1", "r2", "r3", "j1", "j2"}
+    after = engine.stats()
+    assert after["prefills"] - before["prefills"] == 2  # the first batch, then both joiners
+    assert after["prefill_rows"] - before["prefill_rows"] == 6
+
+
+def test_a_lone_arrival_waits_at_most_join_wait_steps(tiny_llama: Path) -> None:
+    engine = _policy_engine(tiny_llama, join_ratio=100.0, join_wait_steps=2)
+    first = [req("long", temperature=0, max_tokens=80)]
+    run = JoinRun(engine, first, {1: [req("short", seed=3, max_tokens=3)]}).run()
+    order = list(run.results)
+    assert order == ["short", "long"]  # joined within a few steps, not after the long row
+    assert engine.stats()["prefills"] == 2
+
+
+def test_stats_count_steps_and_rows(tiny_llama: Path) -> None:
+    engine = _policy_engine(tiny_llama)
+    engine.generate([req("a", temperature=0, max_tokens=6), req("b", temperature=0, max_tokens=3)])
+    stats = engine.stats()
+    assert stats["prefills"] == 1 and stats["prefill_rows"] == 2
+    # The prefill chooses each row's first token; then b needs 2 more steps, a 5.
+    assert stats["steps"] == 5 and stats["row_steps"] == 2 + 2 + 1 + 1 + 1
+
+
+def test_only_streaming_requests_make_deltas(engine: Engine) -> None:
+    deltas = []
+    loud = req("loud", seed=1, max_tokens=8)
+    quiet = dataclasses.replace(loud, request_id="quiet", stream=False)
+    results = engine.generate([quiet, loud], on_delta=deltas.append)
+    assert {d.request_id for d in deltas} == {"loud"}
+    assert texts(results)["quiet"] == texts(results)["loud"]  # same seed, same text
