@@ -98,8 +98,7 @@ class ModelConfig(Section):
     join_wait_steps: int = Field(
         4,
         ge=0,
-        description="Most decoding steps an arrival waits for others to join a running batch "
-        "with.",
+        description="Most decoding steps an arrival waits for others to join a running batch with.",
     )
     batch_wait_timeout_s: float = Field(
         0.05,
