@@ -141,20 +141,23 @@ def test_duplicate_request_ids_are_refused(engine: Engine) -> None:
 def test_requests_longer_together_than_the_context_still_run(
     arch: str, engine: Engine, gpt2_engine: Engine
 ) -> None:
-    # In one padded batch the long prompt would decode 200 steps past its end: beyond
-    # GPT-2's 256 learned positions. The engine runs such requests as separate batches.
+    # Together they span more than GPT-2's 256 learned positions; they still share a batch
+    # because every row counts its own positions (padding never shifts them).
     engine = engine if arch == "llama" else gpt2_engine
     limit = engine.max_model_len
     long_prompt = " ".join(["word"] * 200)
     prompt_len = engine.count_tokens(long_prompt)
     assert prompt_len + 200 > limit  # cannot share one padded batch
-    results = engine.generate(
-        [
-            req("long-prompt", long_prompt, temperature=0, max_tokens=limit - prompt_len),
-            req("long-output", temperature=0, max_tokens=200),
-        ]
-    )
+    requests = [
+        req("long-prompt", long_prompt, temperature=0, max_tokens=limit - prompt_len),
+        req("long-output", temperature=0, max_tokens=200),
+    ]
+    before = engine.stats()["prefills"]
+    results = engine.generate(requests)
+    assert engine.stats()["prefills"] == before + 1  # one batch
     assert [r.choices[0].completion_tokens for r in results] == [limit - prompt_len, 200]
+    alone = {r.request_id: texts(engine.generate([r]))[r.request_id] for r in requests}
+    assert texts(results) == alone
 
 
 def test_gpt2_architecture(gpt2_engine: Engine) -> None:

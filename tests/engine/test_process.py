@@ -37,6 +37,16 @@ def test_same_seeded_texts_as_in_process(process: EngineProcess, engine: Engine)
     ]
     assert texts(process.generate(batch)) == texts(engine.generate(batch))
     assert process.max_model_len == engine.max_model_len
+    assert (
+        set(process.stats())
+        == set(engine.stats())
+        == {
+            "steps",
+            "row_steps",
+            "prefills",
+            "prefill_rows",
+        }
+    )
     assert process.count_tokens("Hello world") == engine.count_tokens("Hello world")
     messages = [{"role": "user", "content": "hi"}]
     assert process.render_chat(messages) == engine.render_chat(messages)
