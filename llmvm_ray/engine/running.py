@@ -161,6 +161,7 @@ class BatchRun:
             item = waiting[0]
             if self._aborted(item.request.request_id):
                 waiting.popleft()
+                self._arrived.pop(item.request.request_id, None)
                 self._deliver(item, [])
                 continue
             n = item.request.params.n

@@ -147,3 +147,49 @@ def test_only_streaming_requests_make_deltas(engine: Engine) -> None:
     results = engine.generate([quiet, loud], on_delta=deltas.append)
     assert {d.request_id for d in deltas} == {"loud"}
     assert texts(results)["quiet"] == texts(results)["loud"]  # same seed, same text
+
+
+@pytest.fixture(scope="module")
+def sliding_window_model(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Mistral with an 8-token sliding window: its KV cache keeps only the
+    window, so rows cannot be padded onto a running batch."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    base = AutoConfig.from_pretrained(tiny_llama)
+    config = MistralConfig(
+        **{
+            k: getattr(base, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "max_position_embeddings",
+                "bos_token_id",
+                "eos_token_id",
+                "pad_token_id",
+            )
+        },
+        sliding_window=8,
+    )
+    out = tmp_path_factory.mktemp("tiny-mistral")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        MistralForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(out)
+    return out
+
+
+def test_a_sliding_window_model_runs_joiners_after_the_batch(sliding_window_model: Path) -> None:
+    engine = Engine(model_config(sliding_window_model))
+    first = req("first", "A prompt longer than the window of eight tokens", seed=1, max_tokens=30)
+    joiner = req("joiner", seed=2, max_tokens=12)
+    expected = {r.request_id: alone(engine, r) for r in (first, joiner)}
+    before = engine.stats()["prefills"]
+    run = JoinRun(engine, [first], {1: [joiner]}).run()
+    assert {k: [c.text for c in r.choices] for k, r in run.results.items()} == expected
+    assert list(run.results) == ["first", "joiner"]  # it waited for the batch to drain
+    assert engine.stats()["prefills"] == before + 2
