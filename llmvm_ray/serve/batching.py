@@ -208,9 +208,13 @@ class Batcher:
 
     def _join(self, item: _Pending) -> bool:
         """Hand ``item`` to the running batch; False when there is none to join."""
-        if self._inbox is None or not self._inbox.put(item.request):
+        if self._inbox is None:
             return False
+        # Registered before it is put: the engine thread may look it up at once.
         self._by_id[item.request.request_id] = item
+        if not self._inbox.put(item.request):
+            del self._by_id[item.request.request_id]
+            return False
         self._owed += 1
         self._running_rows += item.request.params.n
         self.sequences_run += item.request.params.n
