@@ -8,8 +8,9 @@ on a shared, noisy box (absolute numbers are not). For each concurrency level th
 - ``direct``: the Ray Serve app over HTTP straight to the ingress replica's own HTTP server
   (Serve's throughput-optimized mode, on by default: ``ray.serve_throughput_optimized``);
 - ``proxy``: the same app over HTTP through the Serve proxy (the configured ``serve.port``);
-- ``static``: the same app (direct) with ``continuous_batching = false``: requests that
-  arrive while a batch decodes wait for the next batch instead of joining this one;
+- ``static`` (or ``continuous`` with ``--batching static``): the same app (direct) with the
+  other batching mode: ``continuous_batching = false``, where requests that arrive while a
+  batch decodes wait for the next batch instead of joining it, or true;
 - ``unbatched``: the same app (direct) with ``max_batch_size = 1``.
 
 The load generator is ``aiohttp`` (as vLLM's ``benchmark_serving``): on a 2-core machine the
@@ -163,6 +164,12 @@ def main() -> None:
         default="auto",
         help="the Serve replicas' engine_process setting (auto: on with CUDA)",
     )
+    parser.add_argument(
+        "--batching",
+        choices=["continuous", "static"],
+        default="continuous",
+        help="batching of the engine, direct and proxy runs (the side path gets the other)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument(
         "--mixed",
@@ -174,6 +181,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument(
         "--batch-wait", type=float, default=None, help="batch_wait_timeout_s (default: config's)"
+    )
+    parser.add_argument(
+        "--join-ratio", type=float, default=None, help="join_ratio (default: config's)"
+    )
+    parser.add_argument(
+        "--join-wait-steps", type=int, default=None, help="join_wait_steps (default: config's)"
     )
     parser.add_argument(
         "--num-gpus",
@@ -194,11 +207,21 @@ def main() -> None:
 
     if args.batch_wait is None:
         args.batch_wait = ModelConfig.model_fields["batch_wait_timeout_s"].default
+    policy = {
+        key: value
+        for key, value in (
+            ("join_ratio", args.join_ratio),
+            ("join_wait_steps", args.join_wait_steps),
+        )
+        if value is not None
+    }
     if args.num_gpus is None:
         args.num_gpus = 0.4 if torch.cuda.is_available() else 0.0
     if args.warmup_rounds is None:
         args.warmup_rounds = 1 if torch.cuda.is_available() else 0
 
+    continuous = args.batching == "continuous"
+    other = "static" if continuous else "continuous"
     levels = [int(c) for c in args.concurrency.split(",")]
     items = {c: work(args.per_client * c, args.max_tokens, args.mixed) for c in levels}
     unbatched_items = {
@@ -218,7 +241,7 @@ def main() -> None:
         f"client x {args.max_tokens} tokens{' (mixed lengths)' if args.mixed else ''}; "
         f"{args.rounds} rounds per level; "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
-        f"engine_process {args.engine_process}",
+        f"engine_process {args.engine_process}; {args.batching} batching",
         flush=True,
     )
 
@@ -227,13 +250,15 @@ def main() -> None:
     # is deployed but idle, alternating with the HTTP runs: this machine's speed drifts by
     # tens of percent over minutes, so only runs taken side by side compare.
     torch.set_num_threads(1)
-    engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir)))
+    engine = Engine(ModelConfig(name="bench", model_uri=str(model_dir), **policy))
     batcher: Batcher | None = None
 
     async def timed_engine(c: int) -> Run:
         nonlocal batcher
         if batcher is None:  # bound to the running loop
-            batcher = Batcher(engine.generate, max_batch_size=16, wait_s=args.batch_wait)
+            batcher = Batcher(
+                engine.generate, max_batch_size=16, wait_s=args.batch_wait, continuous=continuous
+            )
             await run_engine(batcher, warmup, 1)
         await run_engine(batcher, ramp[c], c)
         before = engine.stats()
@@ -257,15 +282,18 @@ def main() -> None:
                     "batch_wait_timeout_s": args.batch_wait,
                     "num_gpus": args.num_gpus,
                     "engine_process": args.engine_process,
+                    "continuous_batching": continuous,
+                    **policy,
                 },
                 {
-                    "name": "static",
+                    "name": other,
                     "model_uri": str(model_dir),
                     "max_batch_size": 16,
                     "batch_wait_timeout_s": args.batch_wait,
-                    "continuous_batching": False,
+                    "continuous_batching": not continuous,
                     "num_gpus": args.num_gpus,
                     "engine_process": args.engine_process,
+                    **policy,
                 },
                 {
                     "name": "unbatched",
@@ -314,7 +342,7 @@ def main() -> None:
 
         async def measure() -> None:
             for url in paths.values():
-                for model in ("batched", "static", "unbatched"):
+                for model in ("batched", other, "unbatched"):
                     await run_http(url, model, warmup, 1)  # warm-up, alone
             for c in levels:
                 for _ in range(args.warmup_rounds):  # untimed: new batch shapes, see --help
@@ -325,7 +353,7 @@ def main() -> None:
                     record("engine", c, await timed_engine(c))
                     for name, url in paths.items():
                         record(name, c, await timed_http(url, "batched", c, items[c]))
-                    record("static", c, await timed_http(direct, "static", c, items[c]))
+                    record(other, c, await timed_http(direct, other, c, items[c]))
                 # Unbatched is engine-bound and slow: one run is enough for its ratio.
                 run = await timed_http(paths["direct"], "unbatched", c, unbatched_items[c])
                 record("unbatched", c, run)
@@ -342,6 +370,10 @@ def main() -> None:
         """This path's req/s over ``over`` 's in the same round, per round."""
         pairs = zip(runs[(path, c)], runs[(over, c)], strict=True)
         return [path_run.req_s / engine_run.req_s for path_run, engine_run in pairs]
+
+    def continuous_over_static(c: int) -> float:
+        ratios = round_ratios("direct", c, other)
+        return statistics.median(ratios if continuous else [1 / r for r in ratios])
 
     print()
     header = (
@@ -360,7 +392,7 @@ def main() -> None:
             f"{statistics.median(round_ratios('direct', c)):>13.2f} | "
             f"{statistics.median(round_ratios('proxy', c)):>12.2f} | "
             f"{rate('direct', c) / rate('unbatched', c):>17.2f} | "
-            f"{statistics.median(round_ratios('direct', c, 'static')):>17.2f}"
+            f"{continuous_over_static(c):>17.2f}"
         )
         spread = []
         for name in ("direct", "proxy"):
