@@ -159,13 +159,13 @@ class Engine:
                 self._loaded,
                 self._adapters,
                 self._guidance,
-                self._run_ops,
-                on_delta,
-                should_abort,
-                on_result,
-                self._config.join_ratio,
-                self._config.join_wait_steps,
-                self._stats,
+                service=self._run_ops,
+                on_delta=on_delta,
+                should_abort=should_abort,
+                on_result=on_result,
+                join_ratio=self._config.join_ratio,
+                join_wait_steps=self._config.join_wait_steps,
+                stats=self._stats,
             )
             results = run.execute(prepared, inbox, lambda r: self._prepare(r, seed=None))
         return [results[request_id] for request_id in ids]

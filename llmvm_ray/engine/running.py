@@ -75,6 +75,7 @@ class BatchRun:
         loaded: LoadedModel,
         adapters: AdapterManager,
         guidance: Guidance,
+        *,
         service: Service,
         on_delta: Callable[[StreamDelta], None] | None,
         should_abort: Callable[[str], bool] | None,
@@ -99,7 +100,7 @@ class BatchRun:
         self._active: dict[str, _Active] = {}
         self._keep: set[str] = set()  # request ids whose results ``execute`` returns
         self._results: dict[str, GenerationResult] = {}
-        self._arrived: dict[str, int] = {}  # joiner -> the step it arrived at
+        self._arrived: dict[str, int] = {}  # waiting request -> the step it arrived at
         self._join_ratio = join_ratio
         self._join_wait = join_wait_steps
         self.stats = stats if stats is not None else DecodeStats()
@@ -115,6 +116,7 @@ class BatchRun:
         joiners' too, also goes to ``on_result`` as it finishes)."""
         waiting: deque[PreparedRequest] = deque(prepared)
         self._keep = {item.request.request_id for item in prepared}
+        self._arrived = dict.fromkeys(self._keep, 0)
         max_rows = inbox.max_rows if inbox is not None else None
         with torch.inference_mode():
             while True:
@@ -139,9 +141,13 @@ class BatchRun:
     ) -> list[PreparedRequest]:
         accepted = []
         for request in inbox.take():
-            self._arrived[request.request_id] = self.steps
+            if request.request_id in self._arrived or request.request_id in self._active:
+                error = ValueError(f"request_id {request.request_id!r} is already in this batch")
+                inbox.reject(request.request_id, error)
+                continue
             try:
                 accepted.append(prepare(request))
+                self._arrived[request.request_id] = self.steps
             except Exception as exc:  # noqa: BLE001 - that request fails, the batch goes on
                 inbox.reject(request.request_id, exc)
         return accepted
@@ -192,7 +198,7 @@ class BatchRun:
         rows = sum(item.request.params.n for item in waiting)
         if rows >= self._join_ratio * len(self._live):
             return True
-        return self.steps - self._arrived.get(waiting[0].request.request_id, 0) >= self._join_wait
+        return self.steps - self._arrived[waiting[0].request.request_id] >= self._join_wait
 
     def _prefill(self, items: list[PreparedRequest]) -> None:
         for item in items:

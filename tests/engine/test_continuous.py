@@ -54,10 +54,12 @@ def test_an_invalid_joiner_is_rejected_alone(engine: Engine) -> None:
     first = req("first", seed=1, max_tokens=12)
     bad = req("bad", max_tokens=10**6)
     good = req("good", seed=2, max_tokens=5)
-    run = JoinRun(engine, [first], {1: [bad, good]}).run()
+    twin = req("first", seed=3, max_tokens=5)  # same id as a running request
+    run = JoinRun(engine, [first], {1: [bad, good, twin]}).run()
     assert set(run.results) == {"first", "good"}
     assert isinstance(run.rejected["bad"], InvalidRequestError)
     assert run.rejected["bad"].param == "max_tokens"
+    assert "already in this batch" in str(run.rejected["first"])
 
 
 def test_an_empty_closed_inbox_ends_at_once(engine: Engine) -> None:
