@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check (issue 2, section 8) as one script for a CUDA machine with the project's
 # dependencies importable: the engine tests on CUDA (bfloat16, the engine's default there,
-# then float32), and the serving benchmark with a larger tiny model on the GPU, with the
-# replicas' engine in a child process (the default on CUDA) and, at concurrency 16, in the
-# replica's own process, and with 4 ingress replicas. SKIP_ENGINE_TESTS=1 runs the benchmarks
-# alone.
+# then float32), and the serving benchmark with a larger tiny model on the GPU (the replicas'
+# engine in a child process, the default on CUDA; continuous batching with static batching
+# side by side): equal completion lengths at concurrency 1, 4, 16, mixed lengths at 16, and
+# 4 ingress replicas at 16. SKIP_ENGINE_TESTS=1 runs the benchmarks alone.
 #
 # Logs go to $OUT (default ./gpu-check). Each step has its own time limit so that a slow
 # step still leaves the others' results; the benchmark prints each run as it finishes.
@@ -54,8 +54,8 @@ if [ -z "${SKIP_ENGINE_TESTS:-}" ]; then
 fi
 echo "== serving benchmark on the GPU, engine in a child process of the replica (the default)"
 bench bench-process --engine-process on
-echo "== the same at concurrency 16 with the engine in the replica's process"
-bench bench-inline --engine-process off --concurrency 16
+echo "== mixed completion lengths (8-56 tokens) at concurrency 16: what continuous batching refills"
+bench bench-mixed --mixed --concurrency 16
 echo "== concurrency 16 with 4 ingress replicas (the closed loop's trip spread over 4 processes)"
 bench bench-ingress4 --ingress-replicas 4 --concurrency 16
 if [ -z "${SKIP_ENGINE_TESTS:-}" ]; then
