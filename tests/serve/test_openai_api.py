@@ -197,3 +197,51 @@ def test_direct_ingress_answers_like_the_proxy(client, direct_url):
     stranger = openai.OpenAI(base_url=f"{direct_url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.models.list()
+
+
+def test_requests_join_a_running_batch_over_http(client):
+    """Continuous batching through Serve: while one long completion decodes, staggered
+    requests (streamed or not, base or adapter, free or guided) join its batch, finish
+    before it, and get exactly the text each gets alone."""
+    import threading
+    import time
+
+    def create(model, stream=False, **kwargs):
+        params = {"model": model, "prompt": PROMPT, "max_tokens": 10, "temperature": 1.0}
+        response = client.completions.create(**{**params, **kwargs, "stream": stream})
+        if stream:
+            return "".join(chunk.choices[0].text for chunk in response if chunk.choices)
+        return response.choices[0].text
+
+    joiners = [
+        ("tiny", {"seed": 1}),
+        ("tiny:a1", {"seed": 2}),
+        ("tiny", {"seed": 3, "stream": True}),
+        ("tiny:a2", {"seed": 4, "stream": True}),
+        ("tiny", {"seed": 5, "extra_body": {"guided_regex": "[a-z]{3,6}"}}),
+    ]
+    alone = [create(model, **kwargs) for model, kwargs in joiners]
+    finished: dict[str, float] = {}
+    started = threading.Event()
+
+    def long_request() -> None:
+        stream = client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=200, temperature=0, stream=True
+        )  # greedy: no early EOS on this model
+        for _ in stream:
+            started.set()
+        finished["long"] = time.monotonic()
+
+    runner = threading.Thread(target=long_request)
+    runner.start()
+    assert started.wait(30)  # the long request is decoding
+    with ThreadPoolExecutor(len(joiners)) as pool:
+        futures = []
+        for model, kwargs in joiners:
+            futures.append(pool.submit(create, model, **kwargs))
+            time.sleep(0.005)  # staggered: they arrive at different steps
+        texts = [future.result() for future in futures]
+    finished["joiners"] = time.monotonic()
+    runner.join(60)
+    assert texts == alone
+    assert finished["joiners"] < finished["long"], "the joiners waited for the long batch"
