@@ -20,6 +20,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def submit_job(client, timeout_s: float = 60.0, **job) -> str:
+    """``client.submit_job(**job)``, retried while the node's job agent has not registered
+    yet: it comes up a moment after the dashboard answers, and a clean CI machine once got
+    "No available agent to submit job" (a 500) for a job submitted at once."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

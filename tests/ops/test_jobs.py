@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, submit_job
 from tests.ops.cluster import REPO, cluster_env, start_head
 from tests.train.conftest import wait_for
 
@@ -55,7 +55,8 @@ def _client(cls, head):
 
 
 def submit(jobs, entrypoint: str) -> str:
-    return jobs.submit_job(
+    return submit_job(
+        jobs,
         entrypoint=entrypoint,
         runtime_env={"working_dir": str(REPO), "excludes": [".git", "tests", "benchmarks"]},
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmvm_ray.registry.records import RunStatus
+from tests.conftest import submit_job
 from tests.train.conftest import DATASET, RELEASE_TIMEOUT_S, snapshot_resources, wait_for
 
 pytestmark = pytest.mark.ray
@@ -122,13 +123,13 @@ def test_ray_job_stop(harness):
     cpu, pgs = snapshot_resources()
     dashboard = ray._private.worker.get_dashboard_url()  # noqa: SLF001 - no public accessor
     client = JobSubmissionClient(f"http://{dashboard}")
-    job_id = client.submit_job(
-        entrypoint=(
-            f"{sys.executable} {REPO / 'jobs/finetune.py'} --config {harness.config_file} "
-            f"--dataset {DATASET} --base-model {harness.model} --task-id date "
-            f"-p max_steps={LONG}"
-        )
+    entrypoint = (
+        f"{sys.executable} {REPO / 'jobs/finetune.py'} --config {harness.config_file} "
+        f"--dataset {DATASET} --base-model {harness.model} --task-id date "
+        f"-p max_steps={LONG}"
     )
+
+    job_id = submit_job(client, entrypoint=entrypoint)
     try:
         run = wait_for(
             lambda: next((r for r in harness.service.list() if r.origin == "job"), None),
