@@ -121,23 +121,38 @@ class EngineProcess:
         inbox: RequestInbox | None = None,
     ) -> list[GenerationResult]:
         """``Engine.generate`` in the child. ``should_abort`` is polled here (every 20 ms)
-        and each newly aborted request is forwarded, so the child stops it at its next
-        step. What is put into ``inbox`` is forwarded as soon as it arrives."""
+        for the requests still decoding, and each newly aborted request is forwarded, so
+        the child stops it at its next step. What is put into ``inbox`` is forwarded as soon
+        as it arrives."""
         if not requests and inbox is None:
             return []
+        waiting = {r.request_id for r in requests}  # not finished: polled for aborts
+        lock = threading.Lock()  # ``waiting`` shrinks on the reading thread
+
+        def finished(request_id: str) -> None:
+            with lock:
+                waiting.discard(request_id)
+
+        def result(value: GenerationResult) -> None:
+            finished(value.request_id)
+            if on_result is not None:
+                on_result(value)
+
+        def reject(request_id: str, error: Exception) -> None:
+            finished(request_id)
+            assert inbox is not None
+            inbox.reject(request_id, error)
+
+        # A continuous batch can run for as long as traffic lasts: its results must come
+        # back one by one, or the requests polled for aborts would only ever grow.
+        early = on_result is not None or inbox is not None
         call_id, future = self._submit(
             "generate",
-            (
-                requests,
-                on_delta is not None,
-                on_result is not None,
-                inbox.max_rows if inbox is not None else None,
-            ),
+            (requests, on_delta is not None, early, inbox.max_rows if inbox else None),
             on_delta,
-            on_result,
-            inbox.reject if inbox is not None else None,
+            result if early else None,
+            reject if inbox is not None else None,
         )
-        waiting = {r.request_id for r in requests}
         forwarding = inbox is not None
         while True:
             if forwarding:
@@ -146,26 +161,35 @@ class EngineProcess:
                 closed = inbox.closed  # read before taking: nothing is put after closing
                 joiners = inbox.take()
                 if joiners:
-                    waiting.update(r.request_id for r in joiners)
+                    with lock:
+                        waiting.update(r.request_id for r in joiners)
                     self._send(("join", call_id, joiners))
                 if closed:
                     self._send(("close_inbox", call_id, None))
                     forwarding = False
                 if not future.done():
-                    self._forward_aborts(waiting, should_abort)
+                    self._forward_aborts(waiting, lock, should_abort)
                     continue
             try:
                 return future.result(timeout=_ABORT_POLL_S)
             except FutureTimeout:
-                self._forward_aborts(waiting, should_abort)
+                self._forward_aborts(waiting, lock, should_abort)
 
     def _forward_aborts(
-        self, waiting: set[str], should_abort: Callable[[str], bool] | None
+        self,
+        waiting: set[str],
+        lock: threading.Lock,
+        should_abort: Callable[[str], bool] | None,
     ) -> None:
         if should_abort is None:
             return
-        for request_id in [r for r in waiting if should_abort(r)]:
-            waiting.discard(request_id)
+        with lock:
+            polled = list(waiting)
+        for request_id in [r for r in polled if should_abort(r)]:
+            with lock:
+                if request_id not in waiting:
+                    continue  # finished meanwhile: nothing to stop
+                waiting.discard(request_id)
             self._send(("abort", -1, request_id))
 
     def validate(self, request: GenerationRequest) -> int:

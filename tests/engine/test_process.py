@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmvm_ray.engine import AdapterRef, Engine, StreamDelta
+from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.process import EngineProcess
 from llmvm_ray.errors import InvalidRequestError, ServiceUnavailableError
 from tests.engine.helpers import JoinRun, joined_deltas, long_sample, model_config, req, texts
@@ -190,3 +191,29 @@ def test_joiners_cross_the_process_boundary(process: EngineProcess, engine: Engi
     assert {k: [c.text for c in r.choices] for k, r in run.results.items()} == expected
     assert isinstance(run.rejected["bad"], InvalidRequestError)
     assert run.rejected["bad"].param == "max_tokens"
+
+
+def test_finished_requests_are_not_polled_for_aborts(process: EngineProcess) -> None:
+    """A continuous batch lasts as long as traffic does: the requests the parent polls for
+    aborts must shrink as results come back, not grow with every request ever joined."""
+    done: set[str] = set()
+    polled_after: list[str] = []
+    inbox = RequestInbox(8, lambda request_id, error: None)
+
+    def should_abort(request_id: str) -> bool:
+        if request_id in done:
+            polled_after.append(request_id)
+        return False
+
+    def on_result(result) -> None:
+        done.add(result.request_id)
+        if done >= {"long", "s1", "s2"}:
+            inbox.close()
+
+    for i in (1, 2):
+        inbox.put(req(f"s{i}", seed=i, max_tokens=2))
+    long = req("long", temperature=0, max_tokens=200)  # greedy: no early EOS on this model
+    process.generate([long], None, should_abort, on_result, inbox)
+    assert done == {"long", "s1", "s2"}
+    # At most one poll can race a result; before, every 20 ms until the batch ended.
+    assert all(polled_after.count(r) <= 1 for r in ("s1", "s2")), polled_after
