@@ -156,9 +156,9 @@ class BatchRun:
         self, waiting: deque[PreparedRequest], max_rows: int | None, adapters_blocked: bool
     ) -> None:
         """Prefill and join the waiting requests that fit, oldest first."""
-        if self._live and not self._kv.can_join:
+        if not waiting or self._live and not self._kv.can_join:
             return
-        if self._live and waiting and not self._join_now(waiting):
+        if self._live and not self._join_now(waiting):
             return
         batch: list[PreparedRequest] = []
         rows = len(self._live)

@@ -69,11 +69,11 @@ class Batcher:
     """Collects requests into batches and runs them one batch at a time.
 
     ``run_batch(requests, on_delta, should_abort, on_result, inbox)`` is the engine call
-    (``Engine.generate``; ``on_delta`` is None when no request of the batch streams;
-    ``on_result`` takes each request's result as soon as it is finished, so a short answer
-    leaves before the batch's longest; ``inbox`` brings requests that arrive while it runs,
-    None with ``continuous=False``); it runs in a thread so the event loop keeps accepting
-    requests while a batch decodes.
+    (``Engine.generate``; ``on_delta`` gets the deltas of the requests marked
+    ``stream=True``, the others make none; ``on_result`` takes each request's result as
+    soon as it is finished, so a short answer leaves before the batch's longest; ``inbox``
+    brings requests that arrive while it runs, None with ``continuous=False``); it runs in a
+    thread so the event loop keeps accepting requests while a batch decodes.
     """
 
     def __init__(
@@ -270,14 +270,13 @@ class Batcher:
                 item = self._pending.pop(0)
                 if not item.aborted:
                     self._join(item)
-        streams = self._continuous or any(item.streams for item in batch)
         try:
-            # No delta callback when nobody streams and nobody can join (a joiner might);
-            # rows of requests that do not stream make no deltas either way.
+            # Requests that do not stream are marked (``GenerationRequest.stream``): the
+            # engine makes no deltas for them, so one callback serves every batch.
             results = await asyncio.to_thread(
                 self._run_batch,
                 [item.request for item in batch],
-                on_delta if streams else None,
+                on_delta,
                 should_abort,
                 on_result,
                 self._inbox,
@@ -295,4 +294,3 @@ class Batcher:
             item = by_id.get(result.request_id)
             if item is not None:  # its on_result callback has not been handled yet
                 self._settle(item, result)
-        self._running_rows = 0
