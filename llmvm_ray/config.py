@@ -487,7 +487,15 @@ class AgentsConfig(Section):
     require_json: bool = Field(True, description="Refuse tool replies that are not JSON.")
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Hosts tools may call (`*.example.com` allowed); empty allows any host.",
+        description="Hosts tools may call (`*.example.com` allowed); empty allows any public host.",
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description="Let tools call loopback, private and link-local addresses (hosts in "
+        "`allowed_hosts` may always).",
+    )
+    tool_ca_bundle: str | None = Field(
+        None, description="CA bundle (PEM) for HTTPS tool calls; none means certifi's."
     )
     finetune: bool = Field(
         True, description="Record every decision step for distillation (`finetune` flag)."

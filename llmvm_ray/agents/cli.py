@@ -147,6 +147,8 @@ def run(
 
             spec = _model_spec(None, api_key, local_model, openai_url, openai_model)
             agents_config = _load(config).agents
+            if knowledge:  # the knowledge-tool server started above listens on loopback
+                agents_config = agents_config.model_copy(update={"allow_private_networks": True})
             result = run_agent(
                 question, tool_list, model=spec, agent=agent, config=agents_config
             ).model_dump(mode="json")

@@ -7,13 +7,25 @@ with no safe characters, so ``../``, ``?`` or CR/LF in a value stay inert text. 
 restricted to an allowlist, redirects are not followed (they could leave the allowlist),
 replies are read in chunks and refused past a byte limit, and every call has a timeout.
 Failures raise ``ToolError`` with a short reason the agent puts in its trace.
+
+Tool URLs come from the API's clients, so a call is a request the server makes on their
+behalf, from inside the cluster. By default a tool host must resolve to public addresses
+only: loopback, private, link-local (cloud metadata at 169.254.169.254), shared and reserved
+ranges are refused, unless the operator trusts them (``allow_private_networks``, or the host
+is listed in ``allowed_hosts``). The host is resolved once, checked, and the call connects to
+that checked address (with the original Host header and TLS server name), so a second DNS
+answer cannot point it elsewhere (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import ipaddress
 import json
 import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +63,77 @@ def parse_tools(tools: list[dict[str, Any] | ToolSpec]) -> list[ToolSpec]:
     return [t if isinstance(t, ToolSpec) else ToolSpec.model_validate(t) for t in tools]
 
 
-def host_allowed(url: str, allowed: list[str]) -> bool:
-    """Whether ``url``'s host matches the allowlist (empty = any host; ``*.x`` wildcards)."""
-    if not allowed:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed)
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Whether ``host`` matches the allowlist (empty = any host; ``*.x`` wildcards)."""
+    return not allowed or any(
+        fnmatch.fnmatchcase(host.lower(), pattern.lower()) for pattern in allowed
+    )
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a globally routable unicast IP (IPv4-mapped IPv6 judged as the
+    IPv4 address it carries)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one call connects: the checked addresses of the URL's host, in resolver order,
+    and what the server must still see of the original URL."""
+
+    addresses: tuple[str, ...]
+    host_header: str
+    sni_hostname: str | None  # https only: the name the certificate is checked against
+
+    def extensions(self) -> dict[str, Any]:
+        return {"sni_hostname": self.sni_hostname} if self.sni_hostname else {}
+
+
+async def resolve_destination(url: httpx.URL, config: AgentsConfig) -> Destination:
+    """Check ``url``'s host against the policy (see the module docstring) and resolve it.
+
+    Raises ``ToolError("host_not_allowed")`` for a host outside ``allowed_hosts`` or, unless
+    trusted, one with any non-public address; ``ToolError("unreachable")`` when it does not
+    resolve."""
+    host = url.host
+    if not host_allowed(host, config.allowed_hosts):
+        raise ToolError("host_not_allowed", f"host {host} is not in allowed_hosts")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    lookup = asyncio.get_running_loop().getaddrinfo(
+        url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM
+    )
+    try:
+        infos = await asyncio.wait_for(lookup, config.tool_timeout_s)
+    except TimeoutError as exc:
+        raise ToolError(
+            "timeout", f"{host} did not resolve within {config.tool_timeout_s}s"
+        ) from exc
+    except (OSError, UnicodeError) as exc:
+        raise ToolError("unreachable", f"cannot resolve {host}: {exc}") from exc
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise ToolError("unreachable", f"{host} has no address")
+    trusted = config.allow_private_networks or bool(config.allowed_hosts)
+    private = [a for a in addresses if not is_public_address(a)]
+    if private and not trusted:
+        raise ToolError(
+            "host_not_allowed",
+            f"{host} resolves to {private[0]}, not a public address (to allow it, set "
+            "agents.allow_private_networks or list the host in agents.allowed_hosts)",
+        )
+    name = url.raw_host.decode("ascii")
+    literal = name in addresses  # an IP address in the URL: no name to send or check
+    sni = name if url.scheme == "https" and not literal else None
+    if ":" in name:
+        name = f"[{name}]"
+    return Destination(
+        addresses=addresses,
+        host_header=f"{name}:{url.port}" if url.port else name,
+        sni_hostname=sni,
+    )
 
 
 def clean_values(tool: ToolSpec, values: dict[str, Any]) -> dict[str, _Scalar]:
@@ -117,11 +194,13 @@ class ToolCaller:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            bundle = self.config.tool_ca_bundle
             self._client = httpx.AsyncClient(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.config.tool_timeout_s),
                 headers={"User-Agent": "llmvm-ray-agent"},
                 trust_env=False,
+                verify=ssl.create_default_context(cafile=bundle) if bundle else True,
             )
         return self._client
 
@@ -131,26 +210,11 @@ class ToolCaller:
             self._client = None
 
     async def call(self, tool: ToolSpec, values: dict[str, Any]) -> ToolReply:
-        if not host_allowed(tool.url, self.config.allowed_hosts):
-            raise ToolError("host_not_allowed", f"host of {tool.url} is not in allowed_hosts")
-        method, url, kwargs = build_request(tool, values)
+        method, raw_url, kwargs = build_request(tool, values)
+        url = httpx.URL(raw_url)
         started = time.perf_counter()
-        limit = self.config.max_reply_bytes
-        try:
-            async with self._http().stream(method, url, **kwargs) as response:
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise ToolError("reply_too_large", f"reply of {declared} bytes > {limit}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise ToolError("reply_too_large", f"reply longer than {limit} bytes")
-                status = response.status_code
-        except httpx.TimeoutException as exc:
-            raise ToolError("timeout", f"no reply within {self.config.tool_timeout_s}s") from exc
-        except httpx.HTTPError as exc:
-            raise ToolError("unreachable", f"{type(exc).__name__}: {exc}") from exc
+        destination = await resolve_destination(url, self.config)
+        status, body = await self._send(method, url, destination, kwargs)
         latency = time.perf_counter() - started
         text = body.decode("utf-8", errors="replace")
         if not 200 <= status < 300:
@@ -162,3 +226,39 @@ class ToolCaller:
                 raise ToolError("not_json", f"reply is not JSON: {text[:80]!r}") from None
             data = text
         return ToolReply(status=status, data=data, text=text, latency_s=latency)
+
+    async def _send(
+        self, method: str, url: httpx.URL, destination: Destination, kwargs: dict[str, Any]
+    ) -> tuple[int, bytes]:
+        """Send to the destination's first address that accepts a connection (as connecting
+        by name would); return the status and the body, read up to the byte limit."""
+        limit = self.config.max_reply_bytes
+        headers = {"Host": destination.host_header}
+        failure: httpx.HTTPError | None = None
+        for address in destination.addresses:
+            try:
+                async with self._http().stream(
+                    method,
+                    url.copy_with(host=address),
+                    headers=headers,
+                    extensions=destination.extensions(),
+                    **kwargs,
+                ) as response:
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > limit:
+                        raise ToolError("reply_too_large", f"reply of {declared} bytes > {limit}")
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > limit:
+                            raise ToolError("reply_too_large", f"reply longer than {limit} bytes")
+                    return response.status_code, bytes(body)
+            except httpx.TimeoutException as exc:
+                raise ToolError(
+                    "timeout", f"no reply within {self.config.tool_timeout_s}s"
+                ) from exc
+            except httpx.ConnectError as exc:
+                failure = exc  # this address refused: try the next one
+            except httpx.HTTPError as exc:
+                raise ToolError("unreachable", f"{type(exc).__name__}: {exc}") from exc
+        raise ToolError("unreachable", f"{type(failure).__name__}: {failure}")

@@ -22,6 +22,8 @@ def _question(kb, category: str):
 
 
 def _run(agent_name, model, tools, question, **config):
+    # The knowledge-tool server listens on loopback: a private address, allowed here.
+    config = {"allow_private_networks": True, **config}
     agent = AGENTS[agent_name](model, tools, AgentsConfig(**config))
 
     async def go():

@@ -39,6 +39,7 @@ def agent_service(ray_session, serve_port, knowledge, tmp_path_factory):
             "teacher": {"model": "teacher"},
             "optimizer": {"student_model": "student", "min_train_examples": 1000},
             "agents": {
+                "allow_private_networks": True,  # the knowledge-tool server is on loopback
                 "pool_size": 1,
                 "runs_per_actor": 4,
                 "max_model_calls": 8,
@@ -194,7 +195,7 @@ def test_any_openai_compatible_model_can_drive_an_agent(agent_service):
 
     _, tools, url, _ = agent_service
     spec = ModelSpec(kind="openai", url=f"{url}/v1", model="teacher", api_key=KEY)
-    config = AgentsConfig(max_model_calls=4, step_max_tokens=8)
+    config = AgentsConfig(max_model_calls=4, step_max_tokens=8, allow_private_networks=True)
     result = run_agent("Where was Rumi born?", tools, agent="rebel", model=spec, config=config)
     assert result.model_calls and all(c.served_by == "base" for c in result.model_calls)
     assert result.status in ("answered", "dont_know")

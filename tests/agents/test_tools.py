@@ -1,4 +1,5 @@
-"""Tool specs and HTTP tool calls: validation, safe substitution, allowlist, and every
+"""Tool specs and HTTP tool calls: validation, safe substitution, allowlist, the refusal of
+non-public addresses, calls pinned to the checked address (HTTP and HTTPS), and every
 failure (unreachable, timeout, huge, non-JSON, redirect) against real loopback servers."""
 
 from __future__ import annotations
@@ -6,11 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
+import threading
+import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 from pydantic import ValidationError
 
-from llmvm_ray.agents.tools import ToolCaller, ToolError, build_request, parse_tools
+from llmvm_ray.agents.tools import (
+    ToolCaller,
+    ToolError,
+    build_request,
+    is_public_address,
+    parse_tools,
+)
 from llmvm_ray.config import AgentsConfig
 from llmvm_ray.protocol import ToolSpec
 
@@ -22,7 +33,9 @@ def _tool(url: str, method: str = "GET", **kw) -> ToolSpec:
 
 
 def _call(tool: ToolSpec, values: dict, **config) -> object:
-    caller = ToolCaller(AgentsConfig(**config))
+    """One call; the test servers listen on loopback, so private addresses are allowed
+    unless ``config`` says otherwise."""
+    caller = ToolCaller(AgentsConfig(**{"allow_private_networks": True, **config}))
 
     async def go():
         try:
@@ -100,7 +113,107 @@ def test_host_allowlist(bad_server):
     with pytest.raises(ToolError) as info:
         _call(tool, {"q": "x"}, allowed_hosts=["*.example.com"])
     assert info.value.reason == "host_not_allowed"
-    assert _call(tool, {"q": "x"}, allowed_hosts=["127.0.0.*"]).status == 200
+    # A listed host is trusted wherever it resolves, private networks or not.
+    listed = {"allowed_hosts": ["127.0.0.*"], "allow_private_networks": False}
+    assert _call(tool, {"q": "x"}, **listed).status == 200
+
+
+def test_public_addresses():
+    for address in ("8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"):
+        assert is_public_address(address), address
+    private = (
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",  # carrier-grade NAT
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fe80::1%eth0",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "::",
+    )
+    for address in private:
+        assert not is_public_address(address), address
+
+
+def test_non_public_hosts_are_refused_by_default(bad_server):
+    """Tool URLs come from API clients: by default the server calls public addresses only,
+    and refuses the others before connecting (the echo server on loopback is never hit)."""
+    port = bad_server.rsplit(":", 1)[1]
+    urls = [
+        f"{bad_server}/echo",
+        f"http://localhost:{port}/echo",  # a name that resolves to loopback
+        f"http://[::1]:{port}/echo",
+        f"http://[::ffff:127.0.0.1]:{port}/echo",
+        f"http://0.0.0.0:{port}/echo",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x",
+        "http://192.168.0.1/x",
+    ]
+    for url in urls:
+        started = time.perf_counter()
+        with pytest.raises(ToolError) as info:
+            _call(_tool(url), {"q": "x"}, allow_private_networks=False)
+        assert info.value.reason == "host_not_allowed", url
+        assert "allow_private_networks" in info.value.message
+        assert time.perf_counter() - started < 5, url  # refused, not a connection timeout
+
+
+def test_unresolvable_host_is_unreachable():
+    with pytest.raises(ToolError) as info:
+        _call(_tool("http://no-such-host.invalid/x"), {"q": "x"}, tool_timeout_s=3)
+    assert info.value.reason in {"unreachable", "timeout"}
+
+
+def test_calls_connect_to_the_checked_address_with_the_original_host(bad_server):
+    """The host is resolved once and the call goes to that address: the server still sees
+    the name in the Host header. (``localhost`` may resolve to ::1 first while the server
+    listens on 127.0.0.1 only: the next address is tried, as connecting by name would.)"""
+    port = bad_server.rsplit(":", 1)[1]
+    echo = _call(_tool(f"http://localhost:{port}/echo"), {"q": "x"}).data
+    assert echo["headers"]["host"] == f"localhost:{port}"
+    assert echo["query"] == {"q": ["x"]}
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS echo server on loopback with a certificate for ``localhost`` from a
+    throwaway CA; records the TLS server names clients asked for."""
+    import trustme
+
+    from tests.agents.conftest import _Bad
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bad)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    yield f"https://localhost:{server.server_address[1]}", str(bundle), names
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_calls_check_the_certificate_against_the_host_name(tls_server):
+    url, bundle, names = tls_server
+    reply = _call(_tool(f"{url}/echo"), {"q": "x"}, tool_ca_bundle=bundle)
+    assert reply.status == 200
+    assert reply.data["headers"]["host"] == url.removeprefix("https://")
+    assert names[-1] == "localhost"  # the name, not the pinned address, went out as SNI
+    # Without the CA the certificate is not trusted: the call fails, it is not sent.
+    with pytest.raises(ToolError) as info:
+        _call(_tool(f"{url}/echo"), {"q": "x"})
+    assert info.value.reason == "unreachable"
 
 
 def test_failures_are_typed(bad_server):
