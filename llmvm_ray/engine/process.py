@@ -349,6 +349,46 @@ class EngineProcess:
 
 
 # --- the child ---------------------------------------------------------------------------
+class _Aborts:
+    """The child's record of aborted requests, kept to the requests it is running.
+
+    An abort can cross a request's result on the socket (the parent polled before the
+    result arrived): noted blindly, such ids would stay for the life of the child, and a
+    continuous batch can run as long as traffic does. So aborts count only for running
+    requests, and a request's abort is forgotten with its result. The reading thread notes
+    starts and aborts; the decoding thread asks and finishes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, set[str]] = {}  # call id -> its requests not yet finished
+        self._aborted: set[str] = set()
+
+    def start(self, call_id: int, request_ids: list[str]) -> None:
+        with self._lock:
+            self._running.setdefault(call_id, set()).update(request_ids)
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            if any(request_id in ids for ids in self._running.values()):
+                self._aborted.add(request_id)
+
+    def finish(self, call_id: int, request_id: str) -> None:
+        with self._lock:
+            self._running.get(call_id, set()).discard(request_id)
+            self._aborted.discard(request_id)
+
+    def end(self, call_id: int) -> None:
+        """The call is over: forget its requests, finished or not."""
+        with self._lock:
+            self._aborted.difference_update(self._running.pop(call_id, ()))
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._aborted
+
+    def __len__(self) -> int:
+        return len(self._aborted)
+
+
 def _child(conn: Connection) -> None:
     """Load the engine, then serve calls until the parent closes the connection."""
     send_lock = threading.Lock()
@@ -384,7 +424,7 @@ def _child(conn: Connection) -> None:
         return
     send(("ready", None, {"model_name": engine.model_name, "max_model_len": engine.max_model_len}))
 
-    aborted: set[str] = set()
+    aborted = _Aborts()
     inboxes: dict[int, RequestInbox] = {}  # running continuous batches' inboxes
     work: queue.Queue = queue.Queue()
 
@@ -393,10 +433,11 @@ def _child(conn: Connection) -> None:
         return lambda value: send((kind, call_id, value))
 
     def forward_result(call_id: int, result: GenerationResult) -> None:
-        aborted.discard(result.request_id)
+        aborted.finish(call_id, result.request_id)
         send(("result", call_id, result))
 
     def reject(call_id: int, request_id: str, exc: Exception) -> None:
+        aborted.finish(call_id, request_id)
         send_error("rejected", call_id, exc, lambda error: (request_id, error))
 
     def answer(call_id: int, call: Callable[[], Any]) -> None:
@@ -412,7 +453,7 @@ def _child(conn: Connection) -> None:
             while True:
                 kind, call_id, args = conn.recv()
                 if kind == "abort":
-                    aborted.add(args)
+                    aborted.abort(args)
                 elif kind == "close":
                     break
                 elif kind in _INLINE:
@@ -423,13 +464,16 @@ def _child(conn: Connection) -> None:
                 elif kind in ("join", "close_inbox"):
                     inbox = inboxes.get(call_id)  # gone if its batch failed: ignore
                     if inbox is not None and kind == "join":
+                        aborted.start(call_id, [request.request_id for request in args])
                         for request in args:
                             inbox.put(request)
                     elif inbox is not None:
                         inbox.close()
                 else:
-                    if kind == "generate" and args[3] is not None:  # before any joiner arrives
-                        inboxes[call_id] = RequestInbox(args[3], partial(reject, call_id))
+                    if kind == "generate":  # before any abort or joiner of it arrives
+                        aborted.start(call_id, [request.request_id for request in args[0]])
+                        if args[3] is not None:
+                            inboxes[call_id] = RequestInbox(args[3], partial(reject, call_id))
                     work.put((kind, call_id, args))
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: nobody is waiting for the batch
@@ -450,7 +494,7 @@ def _child(conn: Connection) -> None:
             )
             answer(call_id, generate)
             inboxes.pop(call_id, None)
-            aborted.difference_update(r.request_id for r in requests)
+            aborted.end(call_id)
         else:
             answer(call_id, partial(getattr(engine, kind), *args))
 

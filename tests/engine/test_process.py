@@ -18,7 +18,7 @@ import pytest
 
 from llmvm_ray.engine import AdapterRef, Engine, StreamDelta
 from llmvm_ray.engine.inbox import RequestInbox
-from llmvm_ray.engine.process import EngineProcess
+from llmvm_ray.engine.process import EngineProcess, _Aborts
 from llmvm_ray.errors import InvalidRequestError, ServiceUnavailableError
 from tests.engine.helpers import JoinRun, joined_deltas, long_sample, model_config, req, texts
 
@@ -217,3 +217,26 @@ def test_finished_requests_are_not_polled_for_aborts(process: EngineProcess) -> 
     assert done == {"long", "s1", "s2"}
     # At most one poll can race a result; before, every 20 ms until the batch ended.
     assert all(polled_after.count(r) <= 1 for r in ("s1", "s2")), polled_after
+
+
+def test_the_child_keeps_aborts_only_for_running_requests() -> None:
+    """An abort that crosses its request's result on the socket, or names a request the
+    child never ran, is not kept: a continuous batch's abort record must not grow with
+    every disconnect that raced a result."""
+    aborts = _Aborts()
+    aborts.start(1, ["a", "b"])
+    aborts.abort("a")
+    assert "a" in aborts and "b" not in aborts
+    aborts.finish(1, "a")
+    assert "a" not in aborts
+    aborts.abort("a")  # crossed its result
+    aborts.abort("never-here")
+    assert len(aborts) == 0
+    aborts.start(1, ["c"])  # a joiner of the same call
+    aborts.start(2, ["d"])
+    aborts.abort("b")
+    aborts.abort("c")
+    aborts.abort("d")
+    assert len(aborts) == 3
+    aborts.end(1)  # the call ended (or failed) with b and c unfinished
+    assert "d" in aborts and len(aborts) == 1
