@@ -113,7 +113,8 @@ async def resolve_destination(url: httpx.URL, config: AgentsConfig) -> Destinati
         ) from exc
     except (OSError, UnicodeError) as exc:
         raise ToolError("unreachable", f"cannot resolve {host}: {exc}") from exc
-    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    # (An IPv6 zone id cannot go into a URL; a link-local address is private anyway.)
+    addresses = tuple(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
     if not addresses:
         raise ToolError("unreachable", f"{host} has no address")
     trusted = config.allow_private_networks or bool(config.allowed_hosts)
