@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from llmvm_ray.config import AgentsConfig
+from llmvm_ray.errors import ConfigError
 from llmvm_ray.protocol import ToolSpec
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
@@ -192,16 +193,23 @@ class ToolCaller:
     def __init__(self, config: AgentsConfig) -> None:
         self.config = config
         self._client: httpx.AsyncClient | None = None
+        self._verify: ssl.SSLContext | bool = True
+        if config.tool_ca_bundle:  # read now: a bad bundle fails the start, not every call
+            try:
+                self._verify = ssl.create_default_context(cafile=config.tool_ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"agents.tool_ca_bundle {config.tool_ca_bundle!r}: {exc}"
+                ) from exc
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            bundle = self.config.tool_ca_bundle
             self._client = httpx.AsyncClient(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.config.tool_timeout_s),
                 headers={"User-Agent": "llmvm-ray-agent"},
                 trust_env=False,
-                verify=ssl.create_default_context(cafile=bundle) if bundle else True,
+                verify=self._verify,
             )
         return self._client
 

@@ -23,6 +23,7 @@ from llmvm_ray.agents.tools import (
     parse_tools,
 )
 from llmvm_ray.config import AgentsConfig
+from llmvm_ray.errors import ConfigError
 from llmvm_ray.protocol import ToolSpec
 
 
@@ -204,7 +205,7 @@ def tls_server(tmp_path_factory):
     server.server_close()
 
 
-def test_https_calls_check_the_certificate_against_the_host_name(tls_server):
+def test_https_calls_check_the_certificate_against_the_host_name(tls_server, tmp_path):
     url, bundle, names = tls_server
     reply = _call(_tool(f"{url}/echo"), {"q": "x"}, tool_ca_bundle=bundle)
     assert reply.status == 200
@@ -214,6 +215,12 @@ def test_https_calls_check_the_certificate_against_the_host_name(tls_server):
     with pytest.raises(ToolError) as info:
         _call(_tool(f"{url}/echo"), {"q": "x"})
     assert info.value.reason == "unreachable"
+    # A bundle that cannot be read fails the caller's start, naming the option.
+    for bad in (tmp_path / "missing.pem", tmp_path / "junk.pem"):
+        if bad.name == "junk.pem":
+            bad.write_text("not a certificate")
+        with pytest.raises(ConfigError, match="tool_ca_bundle"):
+            ToolCaller(AgentsConfig(tool_ca_bundle=str(bad)))
 
 
 def test_failures_are_typed(bad_server):
