@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-# OpenAI sampling ranges.
-MAX_TEMPERATURE = 2.0
+from llmvm_ray.engine.validation import MAX_PENALTY, MAX_TEMPERATURE
+
 MAX_SEED = 2**63 - 1
 
 
@@ -101,9 +101,9 @@ class SamplingFields(GuidedFields):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    frequency_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
     # Accepted for compatibility only at their neutral values.
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     logprobs: Any = None
     logit_bias: dict[str, float] | None = None
 
@@ -117,9 +117,6 @@ class SamplingFields(GuidedFields):
 
     @model_validator(mode="after")
     def _unsupported(self) -> SamplingFields:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0.0:
-                raise FieldError(name, f"{name} is not supported; send 0 or leave it out")
         if self.logprobs not in (None, False, 0):
             raise FieldError("logprobs", "logprobs is not supported")
         if self.logit_bias:

@@ -57,6 +57,8 @@ def build_rows(prepared: Sequence[PreparedRequest]) -> list[RowPlan]:
                         temperature=params.temperature,
                         top_p=params.top_p,
                         seed=derive_seed(item.seed, choice),
+                        presence_penalty=params.presence_penalty,
+                        frequency_penalty=params.frequency_penalty,
                     ),
                     grammar=item.grammar,
                     adapter=item.request.adapter,

@@ -50,12 +50,17 @@ class SamplingParams:
 
     ``temperature == 0`` means greedy. ``seed`` fixes the sampled text: the same seed, prompt,
     model and adapter give identical text whatever else shares the batch. Choice ``i`` of an
-    ``n > 1`` request uses a seed derived from ``(seed, i)``.
+    ``n > 1`` request uses a seed derived from ``(seed, i)``. ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's, -2 to 2) lower the logit of every token the choice has
+    already generated, once / once per occurrence (the prompt's tokens are not counted, as
+    in OpenAI's and vLLM's).
     """
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1

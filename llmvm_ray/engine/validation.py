@@ -13,6 +13,7 @@ from llmvm_ray.engine.types import GenerationRequest
 from llmvm_ray.errors import InvalidRequestError
 
 MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
+MAX_PENALTY = 2.0  # OpenAI's bound on presence / frequency penalties, either sign
 
 
 def check_params(request: GenerationRequest) -> None:
@@ -35,6 +36,13 @@ def check_params(request: GenerationRequest) -> None:
         raise InvalidRequestError(
             f"top_p must be between 0 and 1, got {params.top_p}", param="top_p"
         )
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(params, name)
+        if not _in_range(value, -MAX_PENALTY, MAX_PENALTY):
+            raise InvalidRequestError(
+                f"{name} must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}, got {value}",
+                param=name,
+            )
     if any(not isinstance(s, str) or not s for s in params.stop):
         raise InvalidRequestError("stop sequences must be non-empty strings", param="stop")
     seed = params.seed

@@ -58,6 +58,8 @@ def sampling_params(fields: SamplingFields, default_max_tokens: int, seed: int) 
         max_tokens=fields.max_tokens or default_max_tokens,
         temperature=fields.temperature,
         top_p=fields.top_p,
+        presence_penalty=fields.presence_penalty,
+        frequency_penalty=fields.frequency_penalty,
         stop=tuple(fields.stop_list()),
         seed=seed,
         n=fields.n,

@@ -26,6 +26,7 @@ def mixed_requests() -> list:
         req("g", PROMPTS[2], temperature=0, max_tokens=10),
         req("s3", PROMPTS[3], seed=3, max_tokens=15, temperature=1.3),
         req("n3", PROMPTS[2], seed=4, max_tokens=9, n=3, top_p=0.5),
+        req("pen", PROMPTS[1], seed=5, max_tokens=12, frequency_penalty=1.0, presence_penalty=0.5),
     ]
 
 
@@ -59,6 +60,48 @@ def test_temperature_zero_is_hf_greedy(engine: Engine, tiny_llama: Path) -> None
             [req(f"t{s}", prompt, temperature=0, seed=s, max_tokens=8) for s in range(3)]
         )
         assert {r.choices[0].text for r in results} == {expected}
+
+
+@pytest.mark.parametrize("presence, frequency", [(0.0, 1.5), (1.0, 0.0), (-0.5, 0.8)])
+def test_penalties_match_a_reference_greedy_loop(
+    engine: Engine, tiny_llama: Path, presence: float, frequency: float
+) -> None:
+    """OpenAI's penalties, checked against a plain loop: the full sequence through the model
+    each step, every generated token's logit lowered by presence + frequency x count."""
+    from collections import Counter
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    counts: Counter[int] = Counter()
+    generated: list[int] = []
+    with torch.inference_mode():
+        for _ in range(16):
+            logits = model(input_ids=ids).logits[0, -1].float()
+            for token, times in counts.items():
+                logits[token] -= presence + frequency * times
+            token = int(logits.argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            generated.append(token)
+            counts[token] += 1
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    expected = tokenizer.decode(generated, skip_special_tokens=True)
+    plain = req("plain", PROMPTS[0], temperature=0, max_tokens=16)
+    penalized = req(
+        "pen",
+        PROMPTS[0],
+        temperature=0,
+        max_tokens=16,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+    )
+    out = texts(engine.generate([plain, penalized]))
+    assert out["pen"] == [expected]
+    assert out["plain"] != out["pen"]  # the random model repeats itself; penalties change that
 
 
 def test_n_choices_differ_and_choice_zero_matches_n_1(engine: Engine) -> None:

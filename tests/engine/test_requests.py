@@ -33,6 +33,9 @@ MESSAGES = [
         ({"n": 0}, "n"),
         ({"stop": ("",)}, "stop"),
         ({"seed": 1.5}, "seed"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.1}, "frequency_penalty"),
+        ({"frequency_penalty": math.inf}, "frequency_penalty"),
     ],
 )
 def test_invalid_parameters(engine: Engine, request_kwargs: dict, param: str) -> None:

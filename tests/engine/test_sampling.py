@@ -95,3 +95,36 @@ def test_top_p_draws_stay_in_the_sorted_nucleus(spread: float) -> None:
     batched = _pick(rows, scores.repeat(3, 1), steps=3)
     alone = _pick([RowSampling(1.0, top_p, 7)], scores, steps=3)
     assert [step[2] for step in batched] == [step[0] for step in alone]
+
+
+def test_frequency_penalty_counts_each_occurrence() -> None:
+    """Token 1 leads by 1.0; a frequency penalty of 0.6 per occurrence lets it win once,
+    then twice more only after token 2 (0.6 behind at first) has been penalized as much."""
+    scores = torch.tensor([[0.0, 3.0, 2.0, -5.0]])
+    picks = _pick([RowSampling(0.0, 1.0, 0, frequency_penalty=0.6)], scores, steps=5)
+    # 1 (3.0 vs 2.0) -> 1 (2.4 vs 2.0) -> 2 (1.8 vs 2.0) -> 1 (1.8 vs 1.4) -> 2 (1.2 vs 1.4)
+    assert [p[0] for p in picks] == [1, 1, 2, 1, 2]
+
+
+def test_presence_penalty_applies_once_per_token() -> None:
+    scores = torch.tensor([[0.0, 3.0, 2.0, -5.0]])
+    picks = _pick([RowSampling(0.0, 1.0, 0, presence_penalty=1.5)], scores, steps=4)
+    # 1 (3.0) -> 2 (1.5 vs 2.0) -> both seen: 1 (1.5 vs 0.5) -> 1 again: no further penalty
+    assert [p[0] for p in picks] == [1, 2, 1, 1]
+
+
+def test_negative_penalties_favour_repeats_and_rows_are_independent() -> None:
+    scores = torch.tensor([[0.0, 3.0, 2.9, -5.0], [0.0, 3.0, 2.9, -5.0]])
+    rows = [RowSampling(0.0, 1.0, 0, presence_penalty=-2.0), RowSampling(0.0, 1.0, 0)]
+    sampler = RowSampler()
+    for row, sampling in enumerate(rows):
+        sampler.add(row, sampling)
+    first = sampler.choose(scores.clone(), [0, 1])
+    # Only row 0 is penalized (rewarded here); row 1 is untouched by its neighbour's counts.
+    assert first == [1, 1]
+    flipped = scores.clone()
+    flipped[:, 2] = 3.5  # token 2 now leads by 0.5: row 0's -2.0 on token 1 keeps it on 1
+    assert sampler.choose(flipped.clone(), [0, 1]) == [1, 2]
+    sampler.drop(0)
+    sampler.add(0, rows[0])  # a new row with the same id starts with no counts
+    assert sampler.choose(flipped.clone(), [0, 1]) == [2, 2]

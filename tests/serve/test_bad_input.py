@@ -49,7 +49,8 @@ CASES = [
     ({"guided_choice": []}, 400, "guided_choice"),
     ({"guided_choice": ["a"], "guided_regex": "a"}, 400, "guided_regex"),
     ({"guided_type": "complex"}, 400, "guided_type"),
-    ({"presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"frequency_penalty": -3}, 400, "frequency_penalty"),
     ({"logprobs": 3}, 400, "logprobs"),
     ({"stream": "yes"}, 400, "stream"),
 ]

@@ -59,6 +59,23 @@ def test_unseeded_response_reports_a_replayable_seed(client):
     assert again.choices[0].text == r.choices[0].text
 
 
+def test_presence_and_frequency_penalties(client):
+    """OpenAI's penalties reach the engine (checked against a reference loop in
+    tests/engine): greedy text changes with them, deterministically, streamed or not."""
+    plain = dict(model="tiny", prompt=PROMPT, max_tokens=16, temperature=0)
+    penalized = dict(plain, frequency_penalty=1.5, presence_penalty=0.5)
+    base = client.completions.create(**plain).choices[0].text
+    text = client.completions.create(**penalized).choices[0].text
+    assert text != base
+    assert client.completions.create(**penalized).choices[0].text == text
+    chunks = list(client.completions.create(stream=True, **penalized))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    chat = dict(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=16)
+    chat_plain = client.chat.completions.create(temperature=0, **chat)
+    chat_pen = client.chat.completions.create(temperature=0, frequency_penalty=2.0, **chat)
+    assert chat_pen.choices[0].message.content != chat_plain.choices[0].message.content
+
+
 def test_n_choices_and_prompt_lists(client):
     r = client.completions.create(
         model="tiny", prompt=["a b", "c d"], n=2, max_tokens=4, temperature=1.0, seed=3
