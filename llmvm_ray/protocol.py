@@ -23,7 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from llmvm_ray.engine.validation import MAX_PENALTY, MAX_TEMPERATURE
+from llmvm_ray.engine.validation import (
+    MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS_TOKENS,
+    MAX_PENALTY,
+    MAX_TEMPERATURE,
+)
 
 MAX_SEED = 2**63 - 1
 
@@ -103,9 +108,11 @@ class SamplingFields(GuidedFields):
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
     frequency_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
-    # Accepted for compatibility only at their neutral values.
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as a string) -> bias added to its logit, -100 to 100."
+    )
+    # Accepted for compatibility only at its neutral value.
     logprobs: Any = None
-    logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -115,13 +122,29 @@ class SamplingFields(GuidedFields):
             raise ValueError("stop sequences must be non-empty strings")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_TOKENS} entries")
+        for key, value in v.items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+                raise ValueError(f"biases must be between -100 and 100, got {value} for {key}")
+        return v
+
     @model_validator(mode="after")
     def _unsupported(self) -> SamplingFields:
         if self.logprobs not in (None, False, 0):
             raise FieldError("logprobs", "logprobs is not supported")
-        if self.logit_bias:
-            raise FieldError("logit_bias", "logit_bias is not supported")
         return self
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as sorted ``(token id, bias)`` pairs (what the engine takes)."""
+        return tuple(sorted((int(k), float(b)) for k, b in (self.logit_bias or {}).items()))
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -103,7 +103,7 @@ class Engine:
         return len(self._prepare(request, seed=0).prompt_ids)
 
     def _prepare(self, request: GenerationRequest, seed: int | None) -> PreparedRequest:
-        check_params(request)
+        check_params(request, self._loaded.vocab_size)
         params = request.params
         grammar = self._guidance.compile(params.guided) if params.guided is not None else None
         if request.adapter is not None:

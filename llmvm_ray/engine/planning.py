@@ -59,6 +59,7 @@ def build_rows(prepared: Sequence[PreparedRequest]) -> list[RowPlan]:
                         seed=derive_seed(item.seed, choice),
                         presence_penalty=params.presence_penalty,
                         frequency_penalty=params.frequency_penalty,
+                        logit_bias=params.logit_bias,
                     ),
                     grammar=item.grammar,
                     adapter=item.request.adapter,

@@ -5,8 +5,9 @@ else shares its batch. ``RowSampler`` instead picks each row's token itself: it 
 row's temperature and top-p and draws from the row's own ``torch.Generator``. A row's draws
 then depend only on its own seed and logits (measured: identical alone, in any batch, in any
 order, joining a running batch at any step). Constraints (guided output) mask the logits
-before it chooses. Presence and frequency penalties are applied per row too, from the tokens
-the row itself has generated (the sampler counts its own choices).
+before it chooses. Logit biases and presence / frequency penalties are applied per row too,
+the penalties from the tokens the row itself has generated (the sampler counts its own
+choices).
 """
 
 from __future__ import annotations
@@ -58,10 +59,16 @@ class RowSampling:
     seed: int
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     @property
     def penalized(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def adjusted(self) -> bool:
+        """Whether its logits change before it chooses (bias or penalties)."""
+        return self.penalized or bool(self.logit_bias)
 
 
 class RowSampler:
@@ -76,6 +83,7 @@ class RowSampler:
     def __init__(self) -> None:
         self._rows: dict[int, RowSampling] = {}
         self._generators: dict[int, torch.Generator | None] = {}
+        self._adjusted: set[int] = set()  # rows with a logit bias or penalties
         self._counts: dict[int, Counter[int]] = {}  # penalized row -> its tokens so far
 
     def add(self, row: int, sampling: RowSampling) -> None:
@@ -85,33 +93,41 @@ class RowSampler:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(sampling.seed)
         self._generators[row] = generator
+        if sampling.adjusted:
+            self._adjusted.add(row)
         if sampling.penalized:
             self._counts[row] = Counter()
 
     def drop(self, row: int) -> None:
         del self._rows[row], self._generators[row]
+        self._adjusted.discard(row)
         self._counts.pop(row, None)
 
     def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> list[int]:
-        """The next token of ``rows[i]`` from its logits ``scores[i]`` (which the penalties
-        of penalized rows change in place)."""
-        penalized = [i for i, row in enumerate(rows) if row in self._counts]
-        for i in penalized:
-            self._penalize(scores[i], rows[i])
+        """The next token of ``rows[i]`` from its logits ``scores[i]`` (which the biases
+        and penalties of those rows change in place)."""
+        adjusted = [i for i, row in enumerate(rows) if row in self._adjusted]
+        for i in adjusted:
+            self._adjust(scores[i], rows[i])
         chosen = self._choose(scores, rows)
-        for i in penalized:
-            self._counts[rows[i]][chosen[i]] += 1
+        for i in adjusted:
+            if rows[i] in self._counts:
+                self._counts[rows[i]][chosen[i]] += 1
         return chosen
 
-    def _penalize(self, logits: torch.Tensor, row: int) -> None:
-        counts = self._counts[row]
-        if not counts:
-            return
+    def _adjust(self, logits: torch.Tensor, row: int) -> None:
+        """Add the row's logit bias, then subtract its penalties (OpenAI's order)."""
         sampling = self._rows[row]
-        tokens = torch.tensor(list(counts), device=logits.device)
-        times = torch.tensor(list(counts.values()), dtype=torch.float32, device=logits.device)
-        penalty = sampling.frequency_penalty * times + sampling.presence_penalty
-        logits[tokens] -= penalty.to(logits.dtype)
+        if sampling.logit_bias:
+            tokens, bias = zip(*sampling.logit_bias, strict=True)
+            index = torch.tensor(tokens, device=logits.device)
+            logits[index] += torch.tensor(bias, device=logits.device).to(logits.dtype)
+        counts = self._counts.get(row)
+        if counts:
+            tokens = torch.tensor(list(counts), device=logits.device)
+            times = torch.tensor(list(counts.values()), dtype=torch.float32, device=logits.device)
+            penalty = sampling.frequency_penalty * times + sampling.presence_penalty
+            logits[tokens] -= penalty.to(logits.dtype)
 
     def _choose(self, scores: torch.Tensor, rows: Sequence[int]) -> list[int]:
         greedy = [i for i, row in enumerate(rows) if self._generators[row] is None]

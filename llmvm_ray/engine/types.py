@@ -53,7 +53,8 @@ class SamplingParams:
     ``n > 1`` request uses a seed derived from ``(seed, i)``. ``presence_penalty`` and
     ``frequency_penalty`` (OpenAI's, -2 to 2) lower the logit of every token the choice has
     already generated, once / once per occurrence (the prompt's tokens are not counted, as
-    in OpenAI's and vLLM's).
+    in OpenAI's and vLLM's). ``logit_bias`` adds ``(token id, bias)`` pairs (-100 to 100) to
+    the logits at every step.
     """
 
     max_tokens: int = 16
@@ -61,6 +62,7 @@ class SamplingParams:
     top_p: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1

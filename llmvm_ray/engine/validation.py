@@ -14,10 +14,13 @@ from llmvm_ray.errors import InvalidRequestError
 
 MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
 MAX_PENALTY = 2.0  # OpenAI's bound on presence / frequency penalties, either sign
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value, either sign
+MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on logit_bias entries
 
 
-def check_params(request: GenerationRequest) -> None:
-    """Raise InvalidRequestError for a malformed prompt or sampling parameter."""
+def check_params(request: GenerationRequest, vocab_size: int | None = None) -> None:
+    """Raise InvalidRequestError for a malformed prompt or sampling parameter (logit_bias
+    token ids are also checked against ``vocab_size`` when given)."""
     if not isinstance(request.prompt, str) or not request.prompt:
         raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
     params = request.params
@@ -43,6 +46,7 @@ def check_params(request: GenerationRequest) -> None:
                 f"{name} must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}, got {value}",
                 param=name,
             )
+    check_logit_bias(params.logit_bias, vocab_size)
     if any(not isinstance(s, str) or not s for s in params.stop):
         raise InvalidRequestError("stop sequences must be non-empty strings", param="stop")
     seed = params.seed
@@ -54,3 +58,35 @@ def _in_range(value: object, low: float, high: float) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value) and low <= value <= high
+
+
+def check_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int | None) -> None:
+    """Raise InvalidRequestError (param ``logit_bias``) unless ``bias`` holds at most
+    ``MAX_LOGIT_BIAS_TOKENS`` distinct token ids (below ``vocab_size`` when given) with
+    biases within +-``MAX_LOGIT_BIAS``."""
+    if len(bias) > MAX_LOGIT_BIAS_TOKENS:
+        raise InvalidRequestError(
+            f"logit_bias has {len(bias)} entries, at most {MAX_LOGIT_BIAS_TOKENS}",
+            param="logit_bias",
+        )
+    seen: set[int] = set()
+    for token, value in bias:
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids (integers >= 0), got {token!r}",
+                param="logit_bias",
+            )
+        if vocab_size is not None and token >= vocab_size:
+            raise InvalidRequestError(
+                f"logit_bias token id {token} is outside the model's vocabulary of {vocab_size}",
+                param="logit_bias",
+            )
+        if token in seen:
+            raise InvalidRequestError(f"logit_bias repeats token id {token}", param="logit_bias")
+        seen.add(token)
+        if not _in_range(value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS):
+            raise InvalidRequestError(
+                f"logit_bias values must be between -{MAX_LOGIT_BIAS:g} and "
+                f"{MAX_LOGIT_BIAS:g}, got {value!r} for token {token}",
+                param="logit_bias",
+            )

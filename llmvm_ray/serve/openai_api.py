@@ -60,6 +60,7 @@ def sampling_params(fields: SamplingFields, default_max_tokens: int, seed: int) 
         top_p=fields.top_p,
         presence_penalty=fields.presence_penalty,
         frequency_penalty=fields.frequency_penalty,
+        logit_bias=fields.logit_bias_pairs(),
         stop=tuple(fields.stop_list()),
         seed=seed,
         n=fields.n,

@@ -27,6 +27,7 @@ def mixed_requests() -> list:
         req("s3", PROMPTS[3], seed=3, max_tokens=15, temperature=1.3),
         req("n3", PROMPTS[2], seed=4, max_tokens=9, n=3, top_p=0.5),
         req("pen", PROMPTS[1], seed=5, max_tokens=12, frequency_penalty=1.0, presence_penalty=0.5),
+        req("bias", PROMPTS[0], seed=6, max_tokens=8, logit_bias=((5, 4.0), (6, -100.0))),
     ]
 
 
@@ -102,6 +103,20 @@ def test_penalties_match_a_reference_greedy_loop(
     out = texts(engine.generate([plain, penalized]))
     assert out["pen"] == [expected]
     assert out["plain"] != out["pen"]  # the random model repeats itself; penalties change that
+
+
+def test_logit_bias_forces_a_token(engine: Engine, tiny_llama: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    token = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" the")[0])
+    forced = req("f", PROMPTS[0], seed=1, max_tokens=6, logit_bias=((token, 100.0),))
+    result = engine.generate([forced])[0]
+    assert result.choices[0].text == tokenizer.decode([token] * 6)
+    plain = engine.generate([req("p", PROMPTS[0], temperature=0, max_tokens=1)])[0]
+    first = tokenizer.encode(plain.choices[0].text, add_special_tokens=False)[0]
+    banned = req("b", PROMPTS[0], temperature=0, max_tokens=1, logit_bias=((first, -100.0),))
+    assert engine.generate([banned])[0].choices[0].text != plain.choices[0].text
 
 
 def test_n_choices_differ_and_choice_zero_matches_n_1(engine: Engine) -> None:

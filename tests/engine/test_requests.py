@@ -36,6 +36,11 @@ MESSAGES = [
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -2.1}, "frequency_penalty"),
         ({"frequency_penalty": math.inf}, "frequency_penalty"),
+        ({"logit_bias": ((10**6, 1.0),)}, "logit_bias"),  # outside the vocabulary
+        ({"logit_bias": ((5, 101.0),)}, "logit_bias"),
+        ({"logit_bias": ((5, 1.0), (5, 2.0))}, "logit_bias"),
+        ({"logit_bias": ((-1, 1.0),)}, "logit_bias"),
+        ({"logit_bias": tuple((i, 1.0) for i in range(301))}, "logit_bias"),
     ],
 )
 def test_invalid_parameters(engine: Engine, request_kwargs: dict, param: str) -> None:

@@ -128,3 +128,16 @@ def test_negative_penalties_favour_repeats_and_rows_are_independent() -> None:
     sampler.drop(0)
     sampler.add(0, rows[0])  # a new row with the same id starts with no counts
     assert sampler.choose(flipped.clone(), [0, 1]) == [2, 2]
+
+
+def test_logit_bias_forces_or_bans_tokens_before_penalties() -> None:
+    scores = torch.tensor([[0.0, 3.0, 2.0, -5.0]])
+    # +100 makes token 3 certain even when sampling; -100 takes the argmax out.
+    forced = RowSampling(1.0, 1.0, 0, logit_bias=((3, 100.0),))
+    assert {p[0] for p in _pick([forced], scores, steps=5)} == {3}
+    banned = RowSampling(0.0, 1.0, 0, logit_bias=((1, -100.0),))
+    assert _pick([banned], scores)[0] == [2]
+    # Bias first, then penalties on the biased logits: token 2 (+1.5 -> 3.5) wins, is
+    # penalized by 2.0 (-> 1.5), and token 1 (3.0) wins next.
+    both = RowSampling(0.0, 1.0, 0, logit_bias=((2, 1.5),), frequency_penalty=2.0)
+    assert [p[0] for p in _pick([both], scores, steps=2)] == [2, 1]

@@ -51,6 +51,11 @@ CASES = [
     ({"guided_type": "complex"}, 400, "guided_type"),
     ({"presence_penalty": 2.5}, 400, "presence_penalty"),
     ({"frequency_penalty": -3}, 400, "frequency_penalty"),
+    ({"logit_bias": {"the": 1}}, 400, "logit_bias"),
+    ({"logit_bias": {"5": 200}}, 400, "logit_bias"),
+    ({"logit_bias": {"5": 1, "005": 2}}, 400, "logit_bias"),
+    ({"logit_bias": {"99999999": 1}}, 400, "logit_bias"),  # outside the vocabulary
+    ({"logit_bias": ["5"]}, 400, "logit_bias"),
     ({"logprobs": 3}, 400, "logprobs"),
     ({"stream": "yes"}, 400, "stream"),
 ]

@@ -76,6 +76,26 @@ def test_presence_and_frequency_penalties(client):
     assert chat_pen.choices[0].message.content != chat_plain.choices[0].message.content
 
 
+def test_logit_bias_through_the_client(client, tiny_llama):
+    """``logit_bias`` keys are the model's token ids: +100 on one makes every sampled token
+    that one, whatever the seed."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    token = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" the")[0])
+    kwargs = dict(model="tiny", prompt=PROMPT, max_tokens=4, temperature=1.0)
+    for seed in (3, 4):
+        r = client.completions.create(seed=seed, logit_bias={str(token): 100}, **kwargs)
+        assert r.choices[0].text == tokenizer.decode([token] * 4)
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=3,
+        logit_bias={str(token): 100},
+    )
+    assert chat.choices[0].message.content == tokenizer.decode([token] * 3)
+
+
 def test_n_choices_and_prompt_lists(client):
     r = client.completions.create(
         model="tiny", prompt=["a b", "c d"], n=2, max_tokens=4, temperature=1.0, seed=3
