@@ -133,7 +133,10 @@ class SamplingFields(GuidedFields):
             if not key.isdigit():
                 raise ValueError(f"keys must be token ids, got {key!r}")
             if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
-                raise ValueError(f"biases must be between -100 and 100, got {value} for {key}")
+                raise ValueError(
+                    f"biases must be between -{MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}, "
+                    f"got {value} for {key}"
+                )
         return v
 
     @model_validator(mode="after")
