@@ -35,6 +35,7 @@ def test_same_seeded_texts_as_in_process(process: EngineProcess, engine: Engine)
         req("a", seed=1, max_tokens=12),
         req("b", "Once upon", seed=2, max_tokens=8, n=2),
         req("c", temperature=0, max_tokens=10, stop=["e"]),
+        req("d", seed=3, max_tokens=10, frequency_penalty=1.2, logit_bias=((5, 3.0),)),
     ]
     assert texts(process.generate(batch)) == texts(engine.generate(batch))
     assert process.max_model_len == engine.max_model_len
