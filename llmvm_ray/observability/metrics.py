@@ -157,6 +157,27 @@ METRICS: dict[str, tuple[Kind, tuple[str, ...], str]] = {
         ("application", "model"),
         "LoRA adapters held in memory per replica (sum across replicas).",
     ),
+    # -- the decoding loop of model replicas (pushed at each health check) ------------------
+    "llmvm_decode_steps": (
+        "counter",
+        ("application", "model"),
+        "Decoding steps (forward passes over the running rows) of base model `model`.",
+    ),
+    "llmvm_decode_rows": (
+        "counter",
+        ("application", "model"),
+        "Rows decoded, summed over steps: over `llmvm_decode_steps`, the batch occupancy.",
+    ),
+    "llmvm_prefills": (
+        "counter",
+        ("application", "model"),
+        "Prefill forwards (a batch's start, or requests joining a running batch).",
+    ),
+    "llmvm_prefill_rows": (
+        "counter",
+        ("application", "model"),
+        "Rows prefilled: over `llmvm_prefills`, the rows per join.",
+    ),
     # -- synthesis (see record_synthesis) --------------------------------------------------
     "llmvm_synthesis_requested": (
         "counter",
@@ -438,6 +459,33 @@ class AdapterMetrics:
         else:
             self._r.inc("llmvm_adapter_evictions", reason=kind)
         self._r.set("llmvm_adapters_loaded", loaded)
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+class DecodeMetrics:
+    """A model replica's decoding counters (the engine's cumulative ``stats()``), pushed as
+    increments since the last reading: the engine keeps no Ray objects, so the replica reads
+    it periodically (at each health check) and once more when asked for its info."""
+
+    NAMES = ("llmvm_decode_steps", "llmvm_decode_rows", "llmvm_prefills", "llmvm_prefill_rows")
+    _STATS = {  # engine stats key -> metric
+        "steps": "llmvm_decode_steps",
+        "row_steps": "llmvm_decode_rows",
+        "prefills": "llmvm_prefills",
+        "prefill_rows": "llmvm_prefill_rows",
+    }
+
+    def __init__(self, application: str, model: str) -> None:
+        self._r = _Recorder(self.NAMES, application=application, model=model)
+        self._last: dict[str, int] = {}
+
+    def update(self, stats: Mapping[str, int]) -> None:
+        for key, name in self._STATS.items():
+            value = int(stats.get(key, 0))
+            self._r.inc(name, value - self._last.get(key, 0))
+            self._last[key] = value
 
 
 # -- synthesis ------------------------------------------------------------------------------

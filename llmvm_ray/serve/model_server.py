@@ -30,7 +30,7 @@ class ModelServer:
         from llmvm_ray.engine import Engine  # heavy: torch + transformers
         from llmvm_ray.engine.loader import resolve_device
         from llmvm_ray.engine.process import EngineProcess
-        from llmvm_ray.observability.metrics import AdapterMetrics
+        from llmvm_ray.observability.metrics import AdapterMetrics, DecodeMetrics
 
         # torch's default of one thread per core thrashes as soon as anything else shares the
         # cores (measured: a 16-row batch 25 ms with 1 thread, 8.7 s with 2 under load); use
@@ -38,6 +38,7 @@ class ModelServer:
         torch.set_num_threads(max(1, int(model_config.num_cpus)))
         self.config = model_config
         self.metrics = AdapterMetrics(_application(), model_config.name)
+        self.decode_metrics = DecodeMetrics(_application(), model_config.name)
         mode = model_config.engine_process
         if mode == "auto":
             mode = "on" if resolve_device(model_config.device).type == "cuda" else "off"
@@ -102,14 +103,25 @@ class ModelServer:
             "loaded_adapters": self.engine.loaded_adapters(),
             "batches_run": self.batcher.batches_run,
             "sequences_run": self.batcher.sequences_run,
-            "decoding": self.engine.stats(),
+            "decoding": await self._decode_stats(),
         }
 
     async def check_health(self) -> None:
         """Serve's health probe: the replica is healthy while its batch loop (and its engine
-        process, if it has one) is alive."""
+        process, if it has one) is alive. Also pushes the decoding counters to the metrics
+        (every ``health_check_period_s``, about Ray's own metrics export interval)."""
         self.batcher.check()
         self.engine.check()
+        await self._decode_stats()
+
+    async def _decode_stats(self) -> dict[str, int]:
+        """The engine's decoding counters (recorded into the metrics on the way)."""
+        if self._in_process:
+            stats = self.engine.stats()
+        else:  # a round trip to the engine process: off the event loop
+            stats = await asyncio.to_thread(self.engine.stats)
+        self.decode_metrics.update(stats)
+        return stats
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop the engine process with it."""

@@ -158,6 +158,14 @@ def test_serving_metrics_reach_prometheus(obs_app):
             s.value(exported_name("llmvm_adapter_load_seconds") + "_count", **_labels(**model)) == 2
         )
         assert s.value(exported_name("llmvm_adapters_loaded"), **_labels(**model)) == 1
+        # Decoding counters, pushed at health checks: every request above was prefilled
+        # and decoded at least one step (one row each; the stream had 4 tokens).
+        steps = s.value(exported_name("llmvm_decode_steps"), **_labels(**model))
+        rows = s.value(exported_name("llmvm_decode_rows"), **_labels(**model))
+        prefills = s.value(exported_name("llmvm_prefills"), **_labels(**model))
+        prefill_rows = s.value(exported_name("llmvm_prefill_rows"), **_labels(**model))
+        assert 1 <= prefills <= prefill_rows and prefill_rows >= 6
+        assert 1 <= steps <= rows
 
     wait_for_metrics(check, what="serving metrics")
 
