@@ -18,9 +18,9 @@ MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value, either sign
 MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on logit_bias entries
 
 
-def check_params(request: GenerationRequest, vocab_size: int | None = None) -> None:
+def check_params(request: GenerationRequest, vocab_size: int) -> None:
     """Raise InvalidRequestError for a malformed prompt or sampling parameter (logit_bias
-    token ids are also checked against ``vocab_size`` when given)."""
+    token ids must lie below the model's ``vocab_size``)."""
     if not isinstance(request.prompt, str) or not request.prompt:
         raise InvalidRequestError("prompt must be a non-empty string", param="prompt")
     params = request.params
@@ -46,7 +46,7 @@ def check_params(request: GenerationRequest, vocab_size: int | None = None) -> N
                 f"{name} must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}, got {value}",
                 param=name,
             )
-    check_logit_bias(params.logit_bias, vocab_size)
+    _check_logit_bias(params.logit_bias, vocab_size)
     if any(not isinstance(s, str) or not s for s in params.stop):
         raise InvalidRequestError("stop sequences must be non-empty strings", param="stop")
     seed = params.seed
@@ -60,10 +60,10 @@ def _in_range(value: object, low: float, high: float) -> bool:
     return math.isfinite(value) and low <= value <= high
 
 
-def check_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int | None) -> None:
+def _check_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int) -> None:
     """Raise InvalidRequestError (param ``logit_bias``) unless ``bias`` holds at most
-    ``MAX_LOGIT_BIAS_TOKENS`` distinct token ids (below ``vocab_size`` when given) with
-    biases within +-``MAX_LOGIT_BIAS``."""
+    ``MAX_LOGIT_BIAS_TOKENS`` distinct token ids below ``vocab_size`` with biases within
+    +-``MAX_LOGIT_BIAS``."""
     if len(bias) > MAX_LOGIT_BIAS_TOKENS:
         raise InvalidRequestError(
             f"logit_bias has {len(bias)} entries, at most {MAX_LOGIT_BIAS_TOKENS}",
@@ -76,7 +76,7 @@ def check_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int | None
                 f"logit_bias keys must be token ids (integers >= 0), got {token!r}",
                 param="logit_bias",
             )
-        if vocab_size is not None and token >= vocab_size:
+        if token >= vocab_size:
             raise InvalidRequestError(
                 f"logit_bias token id {token} is outside the model's vocabulary of {vocab_size}",
                 param="logit_bias",
