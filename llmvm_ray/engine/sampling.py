@@ -83,7 +83,6 @@ class RowSampler:
     def __init__(self) -> None:
         self._rows: dict[int, RowSampling] = {}
         self._generators: dict[int, torch.Generator | None] = {}
-        self._adjusted: set[int] = set()  # rows with a logit bias or penalties
         self._counts: dict[int, Counter[int]] = {}  # penalized row -> its tokens so far
 
     def add(self, row: int, sampling: RowSampling) -> None:
@@ -93,20 +92,17 @@ class RowSampler:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(sampling.seed)
         self._generators[row] = generator
-        if sampling.adjusted:
-            self._adjusted.add(row)
         if sampling.penalized:
             self._counts[row] = Counter()
 
     def drop(self, row: int) -> None:
         del self._rows[row], self._generators[row]
-        self._adjusted.discard(row)
         self._counts.pop(row, None)
 
     def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> list[int]:
         """The next token of ``rows[i]`` from its logits ``scores[i]`` (which the biases
         and penalties of those rows change in place)."""
-        adjusted = [i for i, row in enumerate(rows) if row in self._adjusted]
+        adjusted = [i for i, row in enumerate(rows) if self._rows[row].adjusted]
         for i in adjusted:
             self._adjust(scores[i], rows[i])
         chosen = self._choose(scores, rows)
