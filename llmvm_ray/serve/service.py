@@ -169,7 +169,16 @@ class OpenAIService:
         self, request: Any, tenant: str, context: str, prompt: str, **flags: Any
     ) -> OptimizeResult:
         """One call on the optimizing path with ``request``'s sampling and guided fields;
-        ``flags`` are the remaining ``OptimizeCall`` fields (finetune, teacher, ...)."""
+        ``flags`` are the remaining ``OptimizeCall`` fields (finetune, teacher, ...).
+
+        OpenAI's penalties and ``logit_bias`` are refused here rather than dropped: the
+        optimizer's calls do not carry them, and a bias names token ids of one model's
+        vocabulary while the teacher and the student are different models."""
+        for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
+            if getattr(request, name, None):  # LLM-VM's /v1/complete has none of them
+                raise InvalidRequestError(
+                    f"{name} is not available for the optimizing model", param=name
+                )
         return await self._optimizing().complete(
             OptimizeCall(
                 tenant=tenant,

@@ -299,6 +299,17 @@ def test_record_train_failing_gate_isolation_and_teacher_down(quick_loop):
             messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
         )
     assert bad.value.body["param"] == "messages"
+    # Sampling adjustments the optimizer's calls cannot carry are refused, not dropped.
+    for field, value in (("frequency_penalty", 0.5), ("logit_bias", {"5": 1})):
+        with pytest.raises(openai.BadRequestError) as bad:
+            oa.completions.create(
+                model="llmvm",
+                prompt=task.dynamic_prompt("May 2, 2002"),
+                max_tokens=4,
+                extra_body={"context": task.context},
+                **{field: value},
+            )
+        assert bad.value.body["param"] == field
     for _ in range(FIRST_RUN_EXAMPLES + 1):
         ask(a)
     view = wait_for(lambda: (t := a.task(task_id))["gate"] and t, what="the gate")
