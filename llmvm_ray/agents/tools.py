@@ -102,10 +102,9 @@ async def resolve_destination(url: httpx.URL, config: AgentsConfig) -> Destinati
     host = url.host
     if not host_allowed(host, config.allowed_hosts):
         raise ToolError("host_not_allowed", f"host {host} is not in allowed_hosts")
+    name = url.raw_host.decode("ascii")  # IDNA-encoded: what DNS, Host and SNI take
     port = url.port or (443 if url.scheme == "https" else 80)
-    lookup = asyncio.get_running_loop().getaddrinfo(
-        url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM
-    )
+    lookup = asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
     try:
         infos = await asyncio.wait_for(lookup, config.tool_timeout_s)
     except TimeoutError as exc:
@@ -126,7 +125,6 @@ async def resolve_destination(url: httpx.URL, config: AgentsConfig) -> Destinati
             f"{host} resolves to {private[0]}, not a public address (to allow it, set "
             "agents.allow_private_networks or list the host in agents.allowed_hosts)",
         )
-    name = url.raw_host.decode("ascii")
     literal = name in addresses  # an IP address in the URL: no name to send or check
     sni = name if url.scheme == "https" and not literal else None
     if ":" in name:
