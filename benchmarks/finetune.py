@@ -118,7 +118,9 @@ def measure_cancel(bench: Bench, path: str) -> dict[str, Any]:
     elif path == "ray job stop":
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(f"http://{ray._private.worker.get_dashboard_url()}")  # noqa: SLF001
+        from llmvm_ray.ray_private import dashboard_url
+
+        client = JobSubmissionClient(f"http://{dashboard_url()}")
         job = client.submit_job(
             entrypoint=f"{sys.executable} {REPO / 'jobs/finetune.py'} --config "
             f"{bench.config_file} --dataset {DATASET} --base-model {bench.model} "

@@ -310,7 +310,7 @@ def main() -> None:
     with ServiceRunner(config) as runner:
         from ray import serve  # after the runner has set Ray's environment
 
-        from llmvm_ray.serve.builder import deployment_name
+        from llmvm_ray.runtime import deployment_name
 
         direct = runner.direct_urls()
         if not direct:

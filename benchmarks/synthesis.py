@@ -141,9 +141,9 @@ def parse_success(workdir: Path, requests: int, steps: int) -> dict:
     from llmvm_ray.config import load_config
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.synthesis import teachers
     from llmvm_ray.synthesis.records import Seed
     from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput
+    from llmvm_ray.teachers import build_teacher
     from llmvm_ray.testing.synth_teacher import check_example, example, make_synthesis_teacher
     from llmvm_ray.testing.tasks import get_task
 
@@ -194,11 +194,10 @@ def parse_success(workdir: Path, requests: int, steps: int) -> dict:
                     },
                 }
             )
-            synth = Synthesizer(
-                config.synthesis,
-                teachers.build_teacher(config),
+            synth = Synthesizer.for_config(
+                config,
+                build_teacher(config, synthesis=True),
                 encoding=encoding,
-                templates=teachers.templates(config),
                 run_id=f"bench-{encoding}",
             )
 

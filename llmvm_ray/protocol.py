@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from llmvm_ray.engine.validation import MAX_PENALTY, MAX_TEMPERATURE
+from llmvm_ray.limits import MAX_PENALTY, MAX_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
 
@@ -252,6 +252,11 @@ class LLMVMMetadata(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     task_id: str | None = Field(None, description="The optimizing task, when there is one.")
+
+    @classmethod
+    def since(cls, started: float, **fields: Any) -> LLMVMMetadata:
+        """The metadata of a call that began at ``started`` (``time.perf_counter()``)."""
+        return cls(latency_ms=round((time.perf_counter() - started) * 1000.0, 3), **fields)
 
 
 class Usage(BaseModel):

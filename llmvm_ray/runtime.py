@@ -1,8 +1,13 @@
-"""Joining or starting Ray, the same way from the CLI, jobs, tests and the demo.
+"""The Ray runtime this app runs on: joining or starting it, and finding the app's parts.
 
-Ray 2.60 reads a few settings from the environment of every Ray process (auth mode, where to
-bind); they must agree across the driver, ``ray start`` and clients, so they are derived here
-from the config — the one place — and exported before Ray starts.
+Joining is done the same way from the CLI, jobs, tests and the demo. Ray 2.60 reads a few
+settings from the environment of every Ray process (auth mode, where to bind); they must
+agree across the driver, ``ray start`` and clients, so they are derived here from the config
+— the one place — and exported before Ray starts.
+
+Finding: the names of the app's deployments, a handle to a model replica and the service's
+URL are computed here only, so the optimizer, synthesis, agents and serve agree on them
+without importing one another.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from llmvm_ray.config import RayConfig
+from llmvm_ray.config import Config, ModelConfig, RayConfig
+from llmvm_ray.ray_private import keep_ray_on_loopback
 
 
 def ray_environment(config: RayConfig) -> dict[str, str]:
@@ -55,7 +61,8 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
     kwargs.setdefault("log_to_driver", config.log_to_driver)
     if config.address:
         return ray.init(address=config.address, namespace=config.namespace, **kwargs)
-    _keep_on_loopback()
+    # Ray may have parsed its loopback variable before it was exported above.
+    keep_ray_on_loopback()
     return ray.init(
         namespace=config.namespace,
         num_cpus=config.num_cpus,
@@ -68,16 +75,23 @@ def init_ray(config: RayConfig, **kwargs: Any) -> Any:
     )
 
 
-def _keep_on_loopback() -> None:
-    """Make this process's Ray keep a local node on 127.0.0.1.
+def deployment_name(model: ModelConfig) -> str:
+    """The Serve deployment that hosts ``model``'s replicas."""
+    return "model-" + model.name.replace("/", "--")
 
-    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported, and
-    while it is on, ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the machine's
-    network address and every Ray process listens on all interfaces (measured: GCS, raylet
-    and workers on ``*``). When something imported ``ray`` before the variable was set, the
-    parsed flag is corrected here; the processes Ray starts inherit the variable.
-    """
-    from ray._private import ray_constants
 
-    if getattr(ray_constants, "ENABLE_RAY_CLUSTER", False):
-        ray_constants.ENABLE_RAY_CLUSTER = False
+def model_handle(config: Config, model_name: str) -> Any:
+    """A handle to the replicas of the configured model ``model_name`` (``KeyError`` if it
+    is not configured), from any process connected to the cluster."""
+    from ray import serve
+
+    return serve.get_deployment_handle(
+        deployment_name(config.model(model_name)), app_name=config.serve.app_name
+    )
+
+
+def service_url(config: Config) -> str:
+    """The base URL of the app's HTTP API as a process on this machine reaches it."""
+    s = config.serve
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    return f"http://{host}:{s.port}{s.route_prefix.rstrip('/')}"

@@ -1,4 +1,4 @@
-"""The agents behind the HTTP API (used by the ingress's ``OpenAIService``).
+"""The agents behind the HTTP API (used by the ingress's optimizing endpoints).
 
 Runs go to an ``AgentPool`` of Ray actors created on first use. Their model calls come back
 to this same service's ``/v1/complete`` (or ``agents.model_url``) with the caller's own API
@@ -16,6 +16,7 @@ from llmvm_ray.agents.pool import AgentJob, AgentPool
 from llmvm_ray.agents.trace import AgentResult
 from llmvm_ray.config import Config
 from llmvm_ray.protocol import AgentRunRequest, CompleteRequest, LLMVMMetadata
+from llmvm_ray.runtime import service_url
 
 
 class AgentService:
@@ -35,12 +36,10 @@ class AgentService:
         small_model: str | None = None,
         finetune: bool | None = None,
     ) -> ModelSpec:
-        from llmvm_ray.serve.deploy import ServiceRunner
-
         agents = self.config.agents
         return ModelSpec(
             kind="service",
-            url=agents.model_url or ServiceRunner(self.config).url,
+            url=agents.model_url or service_url(self.config),
             api_key=api_key,
             big_model=big_model,
             small_model=small_model,
@@ -80,12 +79,12 @@ class AgentService:
             api_key,
         )
         served = {c.served_by for c in result.model_calls}
-        meta = LLMVMMetadata(
+        meta = LLMVMMetadata.since(
+            started,
             model="llmvm",
             base_model=request.big_model or self.config.teacher.model,
             served_by="student" if served == {"student"} else "teacher",
             seed=request.seed or 0,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             prompt_tokens=0,
             completion_tokens=0,
         )

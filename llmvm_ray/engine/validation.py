@@ -11,11 +11,7 @@ import math
 
 from llmvm_ray.engine.types import GenerationRequest
 from llmvm_ray.errors import InvalidRequestError
-
-MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
-MAX_PENALTY = 2.0  # OpenAI's bound on presence / frequency penalties, either sign
-MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value, either sign
-MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on logit_bias entries
+from llmvm_ray.limits import MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, MAX_PENALTY, MAX_TEMPERATURE
 
 
 def check_params(request: GenerationRequest, vocab_size: int) -> None:

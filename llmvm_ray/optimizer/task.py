@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from llmvm_ray.engine.types import GuidedSpec
+from llmvm_ray.engine.types import GuidedSpec, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,34 @@ class TaskSpec:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     guided: GuidedSpec | None = None
+
+    @classmethod
+    def of(
+        cls, tenant: str, context: str, teacher: str, student: str, params: SamplingParams
+    ) -> TaskSpec:
+        """The task a call with these generation settings belongs to."""
+        return cls(
+            tenant=tenant,
+            context=context,
+            teacher=teacher,
+            student=student,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop,
+            guided=params.guided,
+        )
+
+    def sampling(self, seed: int | None) -> SamplingParams:
+        """The task's generation settings for one call (gate, synthesis answers)."""
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop,
+            seed=seed,
+            guided=self.guided,
+        )
 
     @property
     def task_id(self) -> str:

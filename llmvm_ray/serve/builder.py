@@ -15,7 +15,12 @@ from ray.serve import Application
 
 from llmvm_ray.config import Config, ModelConfig, load_config
 from llmvm_ray.errors import ConfigError
+from llmvm_ray.optimizer.actor import get_optimizer
+from llmvm_ray.ray_private import replica_transport
+from llmvm_ray.runtime import deployment_name
 from llmvm_ray.serve.model_server import ModelServer
+from llmvm_ray.serve.routes import create_app
+from llmvm_ray.serve.service import OpenAIService
 
 
 @serve.ingress()
@@ -23,34 +28,17 @@ class Ingress:
     """The HTTP API replica. Its FastAPI app is built at replica start (not at import)."""
 
     def __init__(self, config: Config, replicas: dict[str, Any]) -> None:
-        from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
-
-        from llmvm_ray.serve.service import OpenAIService
-
         # The handles were made where the app was built, with that process's Serve settings:
         # a driver that imported ray.serve before Ray's environment was set gives handles
         # that use Ray actor calls even in throughput-optimized mode. Take the transport
         # from this replica's process instead, which Ray started with the cluster's settings
         # (gRPC in that mode).
-        replicas = {
-            name: handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)
-            for name, handle in replicas.items()
-        }
-        optimizer = None
-        if config.optimizer.enabled:
-            from llmvm_ray.optimizer.manager import get_optimizer
-
-            optimizer = get_optimizer(config)
+        replicas = {name: replica_transport(handle) for name, handle in replicas.items()}
+        optimizer = get_optimizer(config) if config.optimizer.enabled else None
         self.service = OpenAIService(config, replicas, optimizer)
 
     def __serve_build_asgi_app__(self) -> Any:
-        from llmvm_ray.serve.routes import create_app
-
         return create_app(self.service)
-
-
-def deployment_name(model: ModelConfig) -> str:
-    return "model-" + model.name.replace("/", "--")
 
 
 def _model_deployment(model: ModelConfig) -> Application:

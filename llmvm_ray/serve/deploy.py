@@ -7,9 +7,12 @@ the same path: join or start Ray, start the HTTP proxy on the configured address
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from llmvm_ray.config import Config
+from llmvm_ray.ray_private import direct_ingress_targets
+from llmvm_ray.runtime import export_ray_environment, init_ray, service_url
 
 
 class ServiceRunner:
@@ -22,9 +25,7 @@ class ServiceRunner:
 
     @property
     def url(self) -> str:
-        s = self.config.serve
-        host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
-        return f"http://{host}:{s.port}{s.route_prefix.rstrip('/')}"
+        return service_url(self.config)
 
     def direct_urls(self, timeout_s: float = 10.0) -> list[str]:
         """Base URLs where the ingress replicas answer HTTP themselves, skipping the proxy.
@@ -37,37 +38,18 @@ class ServiceRunner:
         ports only through its controller (the list its HAProxy balances over), which has no
         public API yet: an empty list means the mode is off or the ports could not be read.
         """
-        import time
-
-        import ray
-        from ray.serve._private.common import RequestProtocol
-        from ray.serve._private.constants import SERVE_PROXY_NAME
-        from ray.serve.context import _get_global_client
-
         prefix = self.config.serve.route_prefix.rstrip("/")
         deadline = time.monotonic() + timeout_s
         while True:
-            try:
-                controller = _get_global_client()._controller
-                groups = ray.get(controller.get_target_groups.remote(self.config.serve.app_name))
-            except Exception:  # noqa: BLE001 - a private API: if it changed, report none
-                return []
-            if not any(group.app_name for group in groups):
-                return []  # direct ingress is off: Serve lists only its proxies
-            urls = [
-                f"http://{target.ip}:{target.port}{prefix}"
-                for group in groups
-                if group.protocol == RequestProtocol.HTTP and group.app_name
-                for target in group.targets
-                if not target.name.startswith(SERVE_PROXY_NAME)  # proxies stand in at 0 replicas
-            ]
+            targets = direct_ingress_targets(self.config.serve.app_name)
+            if targets is None:
+                return []  # the mode is off, or the controller could not be asked
+            urls = [f"http://{ip}:{port}{prefix}" for ip, port in targets]
             if urls or time.monotonic() > deadline:
                 return urls
             time.sleep(0.2)
 
     def start(self) -> ServiceRunner:
-        from llmvm_ray.runtime import export_ray_environment, init_ray
-
         export_ray_environment(self.config.ray)  # before ray.serve is imported
         import ray
         from ray import serve

@@ -1,12 +1,16 @@
-"""Translation between OpenAI wire models and engine requests/results.
+"""Translation between the wire models (OpenAI's and LLM-VM's) and engine requests/results.
 
+Each pair of types is converted here once — a request's fields to ``SamplingParams``, results
+to responses and their ``llmvm`` metadata — for the plain and the optimizing endpoints alike.
 Pure functions, no Ray and no HTTP: the ingress calls them on the way in and out.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from llmvm_ray.engine.types import (
     AdapterRef,
@@ -20,8 +24,10 @@ from llmvm_ray.protocol import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompleteRequest,
     CompletionChoice,
     CompletionResponse,
+    GuidedFields,
     LLMVMMetadata,
     SamplingFields,
     Usage,
@@ -41,7 +47,7 @@ class Target:
         return "adapter" if self.adapter else "base"
 
 
-def guided_spec(fields: SamplingFields) -> GuidedSpec | None:
+def guided_spec(fields: GuidedFields) -> GuidedSpec | None:
     if fields.guided_choice is not None:
         return GuidedSpec(choices=tuple(fields.guided_choice))
     if fields.guided_regex is not None:
@@ -53,18 +59,33 @@ def guided_spec(fields: SamplingFields) -> GuidedSpec | None:
     return None
 
 
-def sampling_params(fields: SamplingFields, default_max_tokens: int, seed: int) -> SamplingParams:
+def seed_of(requested: int | None) -> int:
+    """The request's seed, or a fresh one: every response reports its seed, so even an
+    unseeded request can be replayed."""
+    return requested if requested is not None else secrets.randbits(63)
+
+
+def sampling_params(
+    fields: SamplingFields | CompleteRequest, default_max_tokens: int, seed: int
+) -> SamplingParams:
+    """A request's generation settings. LLM-VM's ``/v1/complete`` has no penalties,
+    ``logit_bias`` or ``n``: they keep their neutral values."""
+    extra: dict[str, Any] = {}
+    if isinstance(fields, SamplingFields):
+        extra = {
+            "presence_penalty": fields.presence_penalty,
+            "frequency_penalty": fields.frequency_penalty,
+            "logit_bias": fields.logit_bias_pairs(),
+            "n": fields.n,
+        }
     return SamplingParams(
         max_tokens=fields.max_tokens or default_max_tokens,
         temperature=fields.temperature,
         top_p=fields.top_p,
-        presence_penalty=fields.presence_penalty,
-        frequency_penalty=fields.frequency_penalty,
-        logit_bias=fields.logit_bias_pairs(),
         stop=tuple(fields.stop_list()),
         seed=seed,
-        n=fields.n,
         guided=guided_spec(fields),
+        **extra,
     )
 
 
@@ -84,16 +105,14 @@ def usage_of(results: list[GenerationResult]) -> Usage:
     )
 
 
-def metadata(
-    target: Target, seed: int, latency_s: float, usage: Usage, served_by: str | None = None
-) -> LLMVMMetadata:
-    return LLMVMMetadata(
+def metadata(target: Target, seed: int, started: float, usage: Usage) -> LLMVMMetadata:
+    return LLMVMMetadata.since(
+        started,
         model=target.requested,
         base_model=target.base,
         adapter=target.adapter.name if target.adapter else None,
-        served_by=served_by or target.served_by,
+        served_by=target.served_by,
         seed=seed,
-        latency_ms=round(latency_s * 1000.0, 3),
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmvm_ray.config import Config
+from llmvm_ray.ray_private import delete_app_nowait
 
 # Exit codes of the deploy job, shared with its tests and docs.
 EXIT_OK = 0
@@ -123,13 +124,9 @@ def rollout(
 
 
 def _stop(app_name: str, created: bool, echo: Callable[[str], None]) -> RolloutResult:
-    from ray import serve
-
     if created:
         echo(f"stopping: deleting the app {app_name!r} this job created")
-        # Not blocking: Ray's job stop SIGKILLs 3 s after SIGTERM, and the controller
-        # finishes the delete on its own once asked.
-        serve.delete(app_name, _blocking=False)
+        delete_app_nowait(app_name)
         return RolloutResult("STOPPED", "deleted the partly deployed app", rolled_back=True)
     echo(f"stopping: the update of {app_name!r} keeps converging in Serve's controller")
     return RolloutResult("STOPPED", "update left to Serve's controller")

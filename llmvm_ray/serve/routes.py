@@ -225,7 +225,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     ) -> Response:
         """LLM-VM's completion call, through the optimizer (with ``tools``: REBEL)."""
         request.state.llmvm_model = service.model_label("llmvm")
-        return await answer(service.complete(body, tenant, key))
+        return await answer(service.optimizing_endpoints().complete(body, tenant, key))
 
     @app.post("/v1/agents/runs")
     async def agent_run(
@@ -233,7 +233,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     ) -> Response:
         """One agent run (rebel, backward or flat) with its full trace."""
         request.state.llmvm_model = service.model_label("llmvm")
-        return await answer(service.agent_run(body, tenant, key))
+        return await answer(service.optimizing_endpoints().agent_run(body, tenant, key))
 
     @app.get("/v1/models")
     async def models(tenant: Tenant) -> Response:
@@ -241,11 +241,11 @@ def create_app(service: OpenAIService) -> FastAPI:
 
     @app.get("/v1/tasks")
     async def tasks(tenant: Tenant) -> Response:
-        return JSONResponse(await service.tasks(tenant))
+        return JSONResponse(await service.optimizing_endpoints().tasks(tenant))
 
     @app.get("/v1/tasks/{task_id}")
     async def task(task_id: str, tenant: Tenant) -> Response:
-        return JSONResponse(await service.task(tenant, task_id))
+        return JSONResponse(await service.optimizing_endpoints().task(tenant, task_id))
 
     @app.post("/v1/fine_tuning/jobs")
     async def create_fine_tune(body: dict[str, Any], tenant: Tenant) -> Response:
@@ -274,7 +274,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     @app.get("/v1/stats")
     async def stats(tenant: Tenant) -> Response:
         """The caller's summary: requests, tokens, teacher/student share, savings,
-        fine-tunes by state, tasks by route (see ``observability/stats.py``)."""
+        fine-tunes by state, tasks by route (see ``serve/stats.py``)."""
         return JSONResponse((await service.stats(tenant)).model_dump())
 
     # No ``/metrics`` here: Ray's metrics agent exports every replica's and actor's metrics

@@ -1,14 +1,14 @@
 """The OpenAI-compatible service behind the HTTP routes.
 
 It resolves a request's ``model`` to a base model replica (and adapter), fans a request out
-to the replica deployment through Serve handles, and shapes results and stream chunks. It
-knows nothing of FastAPI: ``routes.py`` is the HTTP edge.
+to the replica deployment through Serve handles, and shapes results and stream chunks.
+Requests for ``model="llmvm"`` go to the optimizing endpoints (``optimizing.py``); fine-tune
+jobs to ``train/``. It knows nothing of FastAPI: ``routes.py`` is the HTTP edge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -21,21 +21,15 @@ from llmvm_ray.errors import (
     ServiceUnavailableError,
 )
 from llmvm_ray.observability.metrics import ServeMetrics
-from llmvm_ray.optimizer.router import OptimizeCall, OptimizeResult, OptimizingService
 from llmvm_ray.protocol import (
-    AssistantMessage,
-    ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
-    CompleteRequest,
-    CompleteResponse,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    LLMVMMetadata,
     ModelCard,
     ModelList,
     StatsResponse,
@@ -44,6 +38,10 @@ from llmvm_ray.protocol import (
     now,
 )
 from llmvm_ray.serve import openai_api as oa
+from llmvm_ray.serve.optimizing import OPTIMIZING_MODEL, OptimizingEndpoints
+from llmvm_ray.serve.stats import collect_stats
+from llmvm_ray.train import openai_api
+from llmvm_ray.train.service import FinetuneService
 
 ADAPTER_SEPARATOR = ":"
 
@@ -60,9 +58,6 @@ class ReplicaHandle(Protocol):
     def generate_stream(self) -> Any: ...
 
 
-OPTIMIZING_MODEL = "llmvm"
-
-
 class OpenAIService:
     """Everything behind the routes. ``optimizer`` is the optimizer actor's handle; without
     one (tests of plain serving) the optimizing endpoints answer 503."""
@@ -73,13 +68,14 @@ class OpenAIService:
         self.config = config
         self.replicas = replicas
         self.optimizer = optimizer
-        self.optimizing = (
-            OptimizingService(config, replicas, optimizer) if optimizer is not None else None
-        )
         self.metrics = ServeMetrics(config.serve.app_name)
+        self.optimizing = (
+            OptimizingEndpoints(config, replicas, optimizer, self.metrics)
+            if optimizer is not None
+            else None
+        )
         self.created = now()
-        self._finetune_service: Any = None
-        self._agent_service: Any = None
+        self._finetune_service: FinetuneService | None = None
 
     # -- models -------------------------------------------------------------------------
 
@@ -131,184 +127,25 @@ class OpenAIService:
                 )
         return ModelList(data=cards)
 
-    # -- the optimizing path ------------------------------------------------------------
+    # -- the optimizing endpoints -----------------------------------------------------
 
-    def _optimizing(self) -> OptimizingService:
+    def optimizing_endpoints(self) -> OptimizingEndpoints:
         if self.optimizing is None:
             raise ServiceUnavailableError("the optimizer is not running in this deployment")
         return self.optimizing
 
-    async def complete(
-        self, request: CompleteRequest, tenant: str, api_key: str | None = None
-    ) -> CompleteResponse:
-        """LLM-VM's ``POST /v1/complete`` (with ``tools``: the REBEL agent answers)."""
-        if request.tools:
-            self._optimizing()  # the agent's steps need the optimizing path
-            run, meta = await self.agents().complete(request, api_key)
-            self.metrics.observe("complete", OPTIMIZING_MODEL, meta)
-            return CompleteResponse(
-                completion=run.answer, llmvm=meta, agent=run.model_dump(mode="json")
-            )
-        result = await self._optimize(
-            request,
-            tenant,
-            request.context,
-            request.prompt,
-            finetune=request.finetune,
-            data_synthesis=request.data_synthesis,
-            teacher=request.big_model,
-            student=request.small_model,
-            api_key=request.openai_key,
-        )
-        self.metrics.observe("complete", OPTIMIZING_MODEL, result.meta)
-        return CompleteResponse(
-            completion=result.text, finish_reason=result.finish_reason, llmvm=result.meta
-        )
-
-    async def _optimize(
-        self, request: Any, tenant: str, context: str, prompt: str, **flags: Any
-    ) -> OptimizeResult:
-        """One call on the optimizing path with ``request``'s sampling and guided fields;
-        ``flags`` are the remaining ``OptimizeCall`` fields (finetune, teacher, ...).
-
-        OpenAI's penalties and ``logit_bias`` are refused here rather than dropped: the
-        optimizer's calls do not carry them, and a bias names token ids of one model's
-        vocabulary while the teacher and the student are different models."""
-        for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
-            if getattr(request, name, None):  # LLM-VM's /v1/complete has none of them
-                raise InvalidRequestError(
-                    f"{name} is not available for the optimizing model", param=name
-                )
-        return await self._optimizing().complete(
-            OptimizeCall(
-                tenant=tenant,
-                context=context,
-                prompt=prompt,
-                max_tokens=request.max_tokens or self.config.optimizer.default_max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                stop=tuple(request.stop_list()),
-                seed=self._seed(request.seed),
-                guided=oa.guided_spec(request),
-                **flags,
-            )
-        )
-
-    async def _optimized_completion(
-        self, request: CompletionRequest, tenant: str
-    ) -> CompletionResponse:
-        """``/v1/completions`` with ``model="llmvm"``: the optimizing path, OpenAI-shaped."""
-        if request.stream:
-            raise InvalidRequestError(
-                "streaming is not available for the optimizing model yet", param="stream"
-            )
-        if not isinstance(request.prompt, str) or request.n != 1:
-            raise InvalidRequestError(
-                "the optimizing model takes one prompt string and n=1", param="prompt"
-            )
-        result = await self._optimize(
-            request,
-            tenant,
-            request.context or "",
-            request.prompt,
-            finetune=request.finetune,
-            data_synthesis=request.data_synthesis,
-        )
-        self.metrics.observe("completions", OPTIMIZING_MODEL, result.meta)
-        return CompletionResponse(
-            id=new_id("cmpl"),
-            created=now(),
-            model=OPTIMIZING_MODEL,
-            choices=[
-                CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)
-            ],
-            usage=_usage(result.meta),
-            llmvm=result.meta,
-        )
-
-    async def _optimized_chat(
-        self, request: ChatCompletionRequest, tenant: str
-    ) -> ChatCompletionResponse:
-        """``/v1/chat/completions`` with ``model="llmvm"``: system messages are the task's
-        stable context, the one user message after them is the dynamic prompt."""
-        if request.stream:
-            raise InvalidRequestError(
-                "streaming is not available for the optimizing model yet", param="stream"
-            )
-        if request.n != 1:
-            raise InvalidRequestError("the optimizing model takes n=1", param="n")
-        system = [m for m in request.messages if m.role in ("system", "developer")]
-        turns = [m for m in request.messages if m.role not in ("system", "developer")]
-        if len(turns) != 1 or turns[0].role != "user":
-            raise InvalidRequestError(
-                "the optimizing model takes system messages (the task's context) and then one "
-                "user message (the dynamic prompt)",
-                param="messages",
-            )
-        context = "\n".join(m.text() for m in system)
-        if request.context is not None:
-            context = request.context + context
-        result = await self._optimize(
-            request, tenant, context, turns[0].text(), finetune=request.finetune
-        )
-        self.metrics.observe("chat", OPTIMIZING_MODEL, result.meta)
-        return ChatCompletionResponse(
-            id=new_id("chatcmpl"),
-            created=now(),
-            model=OPTIMIZING_MODEL,
-            choices=[
-                ChatChoice(
-                    index=0,
-                    message=AssistantMessage(content=result.text),
-                    finish_reason=result.finish_reason,
-                )
-            ],
-            usage=_usage(result.meta),
-            llmvm=result.meta,
-        )
-
-    # -- agents (REBEL, backward chaining, FLAT) ----------------------------------------
-
-    def agents(self) -> Any:
-        if self._agent_service is None:
-            from llmvm_ray.agents.service import AgentService
-
-            self._agent_service = AgentService(self.config)
-        return self._agent_service
-
-    async def agent_run(self, body: Any, tenant: str, api_key: str | None) -> dict[str, Any]:
-        """``POST /v1/agents/runs``: one run in the agent pool, answered with its trace."""
-        from llmvm_ray.agents.service import agent_payload
-
-        self._optimizing()
-        return agent_payload(await self.agents().run(body, api_key))
-
     # -- fine-tunes (OpenAI fine_tuning.jobs) -------------------------------------------
 
-    def _finetunes(self) -> Any:
+    def _finetunes(self) -> FinetuneService:
         if self._finetune_service is None:
-            from llmvm_ray.train.service import FinetuneService
-
             self._finetune_service = FinetuneService(self.config)
         return self._finetune_service
 
     async def finetune_call(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """One ``llmvm_ray.train.openai_api`` call (they block on Ray: run in a thread)."""
-        from llmvm_ray.train import openai_api
-
         return await asyncio.to_thread(
             getattr(openai_api, name), self._finetunes(), *args, **kwargs
         )
-
-    async def tasks(self, tenant: str) -> dict[str, Any]:
-        if self.optimizer is None:
-            raise ServiceUnavailableError("the optimizer is not running in this deployment")
-        return {"object": "list", "data": await self.optimizer.list_tasks.remote(tenant)}
-
-    async def task(self, tenant: str, task_id: str) -> dict[str, Any]:
-        if self.optimizer is None:
-            raise ServiceUnavailableError("the optimizer is not running in this deployment")
-        return await self.optimizer.get_task.remote(tenant, task_id)
 
     # -- observability ------------------------------------------------------------------
 
@@ -322,17 +159,11 @@ class OpenAIService:
 
     async def stats(self, tenant: str) -> StatsResponse:
         """``GET /v1/stats``: the tenant's summary from the optimizer actor and registry."""
-        from llmvm_ray.observability.stats import collect_stats
-
         return await collect_stats(
             self.config, self.optimizer, lambda: self._finetunes().registry, tenant
         )
 
     # -- completions --------------------------------------------------------------------
-
-    def _seed(self, requested: int | None) -> int:
-        # Every response reports its seed, so even an unseeded request can be replayed.
-        return requested if requested is not None else secrets.randbits(63)
 
     def _check_limits(self, request: CompletionRequest | ChatCompletionRequest) -> None:
         limits = self.config.serve
@@ -352,9 +183,9 @@ class OpenAIService:
         started = time.perf_counter()
         self._check_limits(request)
         if request.model == OPTIMIZING_MODEL:
-            return await self._optimized_completion(request, tenant)
+            return await self.optimizing_endpoints().completion(request, tenant)
         target = await self.resolve(request.model, tenant)
-        seed = self._seed(request.seed)
+        seed = oa.seed_of(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
         response_id = new_id("cmpl")
         prompts = request.prompts()
@@ -408,7 +239,7 @@ class OpenAIService:
             )
         results = await asyncio.gather(*(handle.generate.remote(r) for r in gen_requests))
         usage = oa.usage_of(results)
-        meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
+        meta = oa.metadata(target, seed, started, usage)
         self.metrics.observe("completions", target.requested, meta)
         return oa.completion_response(
             response_id,
@@ -426,9 +257,9 @@ class OpenAIService:
         started = time.perf_counter()
         self._check_limits(request)
         if request.model == OPTIMIZING_MODEL:
-            return await self._optimized_chat(request, tenant)
+            return await self.optimizing_endpoints().chat(request, tenant)
         target = await self.resolve(request.model, tenant)
-        seed = self._seed(request.seed)
+        seed = oa.seed_of(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
         response_id = new_id("chatcmpl")
         # The replica renders the messages with its tokenizer's chat template.
@@ -476,7 +307,7 @@ class OpenAIService:
             )
         result = await handle.generate.remote(gen_request, messages)
         usage = oa.usage_of([result])
-        meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
+        meta = oa.metadata(target, seed, started, usage)
         self.metrics.observe("chat", target.requested, meta)
         return oa.chat_response(response_id, now(), target, result, meta)
 
@@ -524,7 +355,7 @@ class OpenAIService:
                 else:
                     held = chunk
             usage = oa.usage_of(results)
-            meta = oa.metadata(target, seed, time.perf_counter() - started, usage)
+            meta = oa.metadata(target, seed, started, usage)
             self.metrics.observe(endpoint, target.requested, meta, first_token_at, started)
             if held is not None:
                 held.llmvm = meta
@@ -573,11 +404,3 @@ async def _merge(streams: list[Any], firsts: list[Any]) -> AsyncIterator[tuple[i
     finally:
         for task in tasks:
             task.cancel()
-
-
-def _usage(meta: LLMVMMetadata) -> Usage:
-    return Usage(
-        prompt_tokens=meta.prompt_tokens,
-        completion_tokens=meta.completion_tokens,
-        total_tokens=meta.prompt_tokens + meta.completion_tokens,
-    )

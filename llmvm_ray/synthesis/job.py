@@ -42,11 +42,16 @@ from llmvm_ray.config import Config
 from llmvm_ray.errors import ConflictError, InvalidRequestError, NotFoundError
 from llmvm_ray.store import datasets
 from llmvm_ray.store.fs import Storage, safe_component
-from llmvm_ray.synthesis import teachers
 from llmvm_ray.synthesis.dedup import Deduper
 from llmvm_ray.synthesis.records import load_seeds
 from llmvm_ray.synthesis.run import RunResult, drive, local_executor
-from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitResult
+from llmvm_ray.synthesis.synthesizer import (
+    Synthesizer,
+    TaskInput,
+    UnitResult,
+    resolve_encoding,
+)
+from llmvm_ray.teachers import build_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +163,7 @@ def _identity(
         "seeds": "sha256:" + digest.hexdigest(),
         "target": target,
         "teacher": config.teacher.model,
-        "encoding": teachers.resolve_encoding(config),
+        "encoding": resolve_encoding(config),
         "settings": s.model_dump(mode="json", exclude=OPERATIONAL),
     }
 
@@ -251,11 +256,10 @@ def run_job(
         rows_there = datasets.read_examples(storage, existing)
         existing_rows = {t.task: rows_there for t in tasks}
 
-    synthesizer = Synthesizer(
-        config.synthesis,
-        teachers.build_teacher(config) if not use_pool else _PlanOnly(),
+    synthesizer = Synthesizer.for_config(
+        config,
+        build_teacher(config, synthesis=True) if not use_pool else _PlanOnly(),
         encoding=identity["encoding"],
-        templates=teachers.templates(config),
         run_id=rid,
     )
     make_deduper = deduper_factory or (lambda: Deduper(config.synthesis))

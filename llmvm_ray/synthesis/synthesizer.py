@@ -19,20 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmvm_ray.config import SynthesisConfig
-from llmvm_ray.engine.teacher import (
+from llmvm_ray.config import Config, SynthesisConfig
+from llmvm_ray.engine.types import GuidedSpec, SamplingParams
+from llmvm_ray.synthesis import encoding as enc
+from llmvm_ray.synthesis.accounting import Stats
+from llmvm_ray.synthesis.ratelimit import RateLimiter
+from llmvm_ray.synthesis.records import SOURCE, Seed, validate
+from llmvm_ray.synthesis.templates import TemplateSet, resolve_family
+from llmvm_ray.teachers import (
     Teacher,
     TeacherCall,
     TeacherError,
     TeacherTimeout,
     TeacherUnavailable,
 )
-from llmvm_ray.engine.types import GuidedSpec
-from llmvm_ray.synthesis import encoding as enc
-from llmvm_ray.synthesis.accounting import Stats
-from llmvm_ray.synthesis.ratelimit import RateLimiter
-from llmvm_ray.synthesis.records import SOURCE, Seed, validate
-from llmvm_ray.synthesis.templates import TemplateSet
 
 MAX_ERRORS_PER_UNIT = 20
 RAW_CHARS = 2000
@@ -106,6 +106,14 @@ def error_kind(exc: BaseException) -> str:
     return "teacher_error"
 
 
+def resolve_encoding(config: Config) -> enc.Encoding:
+    """``synthesis.encoding``, with ``auto`` resolved (see ``Synthesizer.for_config``)."""
+    chosen = config.synthesis.encoding
+    if chosen == "auto":
+        return "guided_json" if config.teacher.base_url is None else "json"
+    return chosen
+
+
 class Synthesizer:
     def __init__(
         self,
@@ -128,6 +136,32 @@ class Synthesizer:
         # passes the task's own generation settings).
         self.answer_call = answer_call or self.default_answer_call
         self._jitter = random.Random(_int_seed(settings.seed, run_id, "jitter"))
+
+    @classmethod
+    def for_config(
+        cls,
+        config: Config,
+        teacher: Teacher,
+        *,
+        run_id: str,
+        encoding: enc.Encoding | None = None,
+        limiter: RateLimiter | None = None,
+        answer_call: Callable[[TaskInput, str, int], TeacherCall] | None = None,
+    ) -> Synthesizer:
+        """The synthesizer a config describes: its settings, its encoding (``auto``: guided
+        JSON when this app hosts the teacher, which then always parses, else plain JSON) and
+        its template family (``auto`` follows ``teacher.api``)."""
+        s = config.synthesis
+        family = resolve_family(s.family, config.teacher.api)
+        return cls(
+            s,
+            teacher,
+            encoding=encoding or resolve_encoding(config),
+            templates=TemplateSet.build(family, s.prompt_variants or None, s.system_prompt),
+            run_id=run_id,
+            limiter=limiter,
+            answer_call=answer_call,
+        )
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -163,14 +197,13 @@ class Synthesizer:
             if self.encoding == "guided_json"
             else None
         )
-        call = TeacherCall(
-            context=rendered.system,
-            prompt=rendered.prompt,
-            max_tokens=self.settings.max_tokens,
-            temperature=self.settings.temperature,
-            seed=_int_seed(self.settings.seed, self.run_id, plan.task, plan.unit, attempt),
+        params = SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            seed=_int_seed(s.seed, self.run_id, plan.task, plan.unit, attempt),
             guided=guided,
         )
+        call = TeacherCall(context=rendered.system, prompt=rendered.prompt, params=params)
         return call, rendered.template
 
     # -- running ------------------------------------------------------------------------------
@@ -304,13 +337,10 @@ class Synthesizer:
 
     def default_answer_call(self, task: TaskInput, prompt: str, seed: int) -> TeacherCall:
         """The task's own teacher call for ``prompt``: its context, greedy decoding."""
-        return TeacherCall(
-            context=task.context,
-            prompt=prompt,
-            max_tokens=self.settings.answer_max_tokens,
-            temperature=0.0,
-            seed=seed,
+        params = SamplingParams(
+            max_tokens=self.settings.answer_max_tokens, temperature=0.0, seed=seed
         )
+        return TeacherCall(context=task.context, prompt=prompt, params=params)
 
     def _error(
         self, result: UnitResult, plan: UnitPlan, attempt: int, kind: str, error: str, raw: str

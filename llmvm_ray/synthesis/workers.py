@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from llmvm_ray.config import Config
+from llmvm_ray.synthesis.ratelimit import RateLimiter
 from llmvm_ray.synthesis.run import Execute, Work
 from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitPlan, UnitResult
+from llmvm_ray.teachers import build_teacher
 
 
 class SynthesisWorker:
@@ -30,16 +32,11 @@ class SynthesisWorker:
         max_in_flight: int,
         requests_per_s: float | None,
     ) -> None:
-        from llmvm_ray.synthesis import teachers
-        from llmvm_ray.synthesis.ratelimit import RateLimiter
-
         self.tasks = tasks
         self.limiter = RateLimiter(max_in_flight, requests_per_s)
-        self.synthesizer = Synthesizer(
-            config.synthesis,
-            teachers.build_teacher(config),
-            encoding=teachers.resolve_encoding(config),
-            templates=teachers.templates(config),
+        self.synthesizer = Synthesizer.for_config(
+            config,
+            build_teacher(config, synthesis=True),
             run_id=run_id,
             limiter=self.limiter,
         )

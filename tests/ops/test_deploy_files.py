@@ -101,7 +101,8 @@ def test_serve_config_file_builds_the_same_app_as_llmvm_serve(monkeypatch):
 
     assert isinstance(built, Application)
     # One deployment per configured model plus the ingress, named as `llmvm serve` names them.
-    from llmvm_ray.serve.builder import build_app, deployment_name
+    from llmvm_ray.runtime import deployment_name
+    from llmvm_ray.serve.builder import build_app
 
     names = {d.name for d in _deployments(built)}
     assert names == {"ingress"} | {deployment_name(m) for m in config.models}

@@ -342,7 +342,7 @@ def test_an_adapter_that_fails_to_load_is_never_promoted(quick_loop, tmp_path):
     0 with the error (so it is never promoted) and leaves the replica serving."""
     import asyncio
 
-    from llmvm_ray.optimizer.manager import OptimizerActor
+    from llmvm_ray.optimizer.actor import OptimizerActor
 
     broken = tmp_path / "adapter"
     broken.mkdir()

@@ -29,7 +29,7 @@ class ProcessApp:
     def info(self) -> dict:
         from ray import serve
 
-        from llmvm_ray.serve.builder import deployment_name
+        from llmvm_ray.runtime import deployment_name
 
         name = deployment_name(self.runner.config.models[0])
         return serve.get_deployment_handle(name, APP).info.remote().result()

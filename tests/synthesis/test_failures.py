@@ -9,11 +9,11 @@ import asyncio
 import pytest
 
 from llmvm_ray.config import load_config
-from llmvm_ray.synthesis import teachers
 from llmvm_ray.synthesis.dedup import Deduper
 from llmvm_ray.synthesis.records import Seed
 from llmvm_ray.synthesis.run import drive, local_executor
 from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput
+from llmvm_ray.teachers import build_teacher
 from llmvm_ray.testing.stub_teacher import StubTeacher
 
 SEEDS = tuple(
@@ -46,13 +46,7 @@ def make_config(tmp_path, stub: StubTeacher, api: str = "completions", **synthes
 
 def run(config, target=None):
     s = config.synthesis
-    synth = Synthesizer(
-        s,
-        teachers.build_teacher(config),
-        encoding=teachers.resolve_encoding(config),
-        templates=teachers.templates(config),
-        run_id="run-test",
-    )
+    synth = Synthesizer.for_config(config, build_teacher(config, synthesis=True), run_id="run-test")
     result = asyncio.run(
         drive(
             [TASK],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llmvm_ray.ray_private import dashboard_url
 from llmvm_ray.registry.records import RunStatus
 from tests.conftest import submit_job
 from tests.train.conftest import DATASET, RELEASE_TIMEOUT_S, snapshot_resources, wait_for
@@ -117,12 +118,10 @@ def test_ctrl_c_on_foreground_wait(harness):
 
 
 def test_ray_job_stop(harness):
-    import ray
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cpu, pgs = snapshot_resources()
-    dashboard = ray._private.worker.get_dashboard_url()  # noqa: SLF001 - no public accessor
-    client = JobSubmissionClient(f"http://{dashboard}")
+    client = JobSubmissionClient(f"http://{dashboard_url()}")
     entrypoint = (
         f"{sys.executable} {REPO / 'jobs/finetune.py'} --config {harness.config_file} "
         f"--dataset {DATASET} --base-model {harness.model} --task-id date "

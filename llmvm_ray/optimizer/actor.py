@@ -20,14 +20,17 @@ import time
 from typing import Any
 
 from llmvm_ray.config import Config
-from llmvm_ray.engine.types import AdapterRef, GenerationRequest, SamplingParams
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest
 from llmvm_ray.errors import NotFoundError
 from llmvm_ray.observability.metrics import OptimizerMetrics
 from llmvm_ray.optimizer import scoring
 from llmvm_ray.optimizer.state import GateResult, TaskState
+from llmvm_ray.optimizer.synthesis import synthesize_for_task
 from llmvm_ray.optimizer.task import TaskSpec
+from llmvm_ray.runtime import model_handle
 from llmvm_ray.store import datasets
 from llmvm_ray.store.fs import Storage
+from llmvm_ray.train.service import FinetuneService
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class OptimizerActor:
         self.synthesis_wanted: set[str] = set()
         self.synthesizing: set[str] = set()
         self._synthesis_runs: set[asyncio.Task] = set()
-        self._finetunes = None
+        self._finetunes: FinetuneService | None = None
         self._loop: asyncio.Task | None = None
         self._rng = random.Random()
         self.metrics = OptimizerMetrics(config.serve.app_name, self.opt.teacher_cost_per_1k_tokens)
@@ -89,10 +92,8 @@ class OptimizerActor:
             self._loop = asyncio.get_running_loop().create_task(self._background())
 
     @property
-    def finetunes(self):
+    def finetunes(self) -> FinetuneService:
         if self._finetunes is None:
-            from llmvm_ray.train.service import FinetuneService
-
             self._finetunes = FinetuneService(self.config)
         return self._finetunes
 
@@ -265,7 +266,7 @@ class OptimizerActor:
             raise
         self._save(state)
 
-    # -- data synthesis (llmvm_ray/synthesis/) --------------------------------------------
+    # -- data synthesis (optimizer/synthesis.py) --------------------------------------------
 
     def _maybe_synthesize(self, state: TaskState) -> None:
         """Start synthesis once the task has enough real rows to show the teacher."""
@@ -279,8 +280,6 @@ class OptimizerActor:
         task.add_done_callback(self._synthesis_runs.discard)
 
     async def _synthesize(self, state: TaskState) -> None:
-        from llmvm_ray.synthesis.for_task import synthesize_for_task
-
         task_id = state.task_id
         try:
             await self._flush(task_id)
@@ -424,16 +423,9 @@ class OptimizerActor:
         metric, threshold = self.opt.gate_metric, self.opt.gate_threshold
         rows = [r for r in await asyncio.to_thread(self._rows, state) if r["split"] == "holdout"]
         adapter = AdapterRef(_adapter_name(state.task_id, run_id), adapter_path)
-        params = SamplingParams(
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            stop=spec.stop,
-            seed=GATE_SEED,
-            guided=spec.guided,
-        )
+        params = spec.sampling(GATE_SEED)
         try:
-            handle = _model_handle(self.config, spec.student)
+            handle = model_handle(self.config, spec.student)
             results = await asyncio.gather(
                 *(
                     handle.generate.remote(
@@ -469,16 +461,6 @@ class OptimizerActor:
 
 def _adapter_name(task_id: str, run_id: str) -> str:
     return f"{task_id}-{run_id[-8:]}"
-
-
-def _model_handle(config: Config, model_name: str) -> Any:
-    from ray import serve
-
-    from llmvm_ray.serve.builder import deployment_name
-
-    return serve.get_deployment_handle(
-        deployment_name(config.model(model_name)), app_name=config.serve.app_name
-    )
 
 
 def actor_name(config: Config) -> str:

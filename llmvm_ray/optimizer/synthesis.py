@@ -1,4 +1,4 @@
-"""Synthesis for one optimizer task (``/v1/complete`` with ``data_synthesis: true``).
+"""Synthesis for one task (``/v1/complete`` with ``data_synthesis: true``), in the optimizer.
 
 The same ``Synthesizer`` and ``drive`` loop as a batch run, in the optimizer's own event
 loop (a task asks for tens of examples, not thousands: no worker pool needed), with the
@@ -15,13 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmvm_ray.config import Config
-from llmvm_ray.engine.teacher import TeacherCall
 from llmvm_ray.optimizer.task import TaskSpec
-from llmvm_ray.synthesis import teachers
 from llmvm_ray.synthesis.dedup import Deduper
 from llmvm_ray.synthesis.records import load_seeds, require_seeds
 from llmvm_ray.synthesis.run import drive, local_executor
 from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput
+from llmvm_ray.teachers import TeacherCall, build_teacher
 
 
 async def synthesize_for_task(
@@ -41,26 +40,15 @@ async def synthesize_for_task(
     task_spec = TaskSpec.from_dict(dict(spec))
 
     def answer_call(task: TaskInput, prompt: str, seed: int) -> TeacherCall:
-        return TeacherCall(
-            context=task_spec.context,
-            prompt=prompt,
-            max_tokens=task_spec.max_tokens,
-            temperature=task_spec.temperature,
-            top_p=task_spec.top_p,
-            stop=task_spec.stop,
-            seed=seed,
-            guided=task_spec.guided,
-        )
+        return TeacherCall(task_spec.context, prompt, task_spec.sampling(seed))
 
     s = config.synthesis
     seeds, bad = load_seeds(rows)
     require_seeds(seeds, bad, f"task {task_id}")
     run_id = f"synth-{uuid.uuid4().hex[:12]}"
-    synthesizer = Synthesizer(
-        s,
-        teacher_client or teachers.build_teacher(config, task_spec.teacher),
-        encoding=teachers.resolve_encoding(config),
-        templates=teachers.templates(config),
+    synthesizer = Synthesizer.for_config(
+        config,
+        teacher_client or build_teacher(config, task_spec.teacher, synthesis=True),
         run_id=run_id,
         answer_call=answer_call,
     )

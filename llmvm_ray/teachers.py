@@ -1,4 +1,9 @@
-"""The teacher: any OpenAI-compatible endpoint, through the official ``openai`` SDK.
+"""Teachers: the models whose answers are recorded and distilled, built in one place.
+
+A teacher is either remote — any OpenAI-compatible endpoint (``teacher.base_url``), reached
+through the official ``openai`` SDK (``OpenAITeacher``) — or a model this app hosts itself,
+reached through its Serve deployment (``HostedTeacher``). ``build_teacher`` picks one for the
+optimizer's request path and for synthesis alike; they differ only in retry policy.
 
 The SDK already retries 408/409/429/5xx and connection errors with exponential backoff and
 jitter (honouring ``Retry-After``), so this wrapper only adds what it lacks: a bound on calls
@@ -14,8 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from llmvm_ray.engine.types import GuidedSpec
+from llmvm_ray.config import Config
+from llmvm_ray.engine.types import GenerationRequest, GuidedSpec, SamplingParams
 from llmvm_ray.errors import LLMVMError
+from llmvm_ray.protocol import new_id
+from llmvm_ray.runtime import model_handle
 
 
 class TeacherError(LLMVMError):
@@ -52,12 +60,7 @@ class TeacherCall:
 
     context: str
     prompt: str
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    guided: GuidedSpec | None = None
+    params: SamplingParams
     api_key: str | None = None  # the request's own key (LLM-VM's openai_key)
 
 
@@ -111,15 +114,16 @@ class OpenAITeacher:
         import openai
 
         client = self._client.with_options(api_key=call.api_key) if call.api_key else self._client
+        p = call.params
         kwargs: dict[str, Any] = {
             "model": self.name,
-            "max_tokens": call.max_tokens,
-            "temperature": call.temperature,
-            "top_p": call.top_p,
-            "stop": list(call.stop) or None,
-            "seed": call.seed,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": list(p.stop) or None,
+            "seed": p.seed,
         }
-        extra = guided_extra_body(call.guided)
+        extra = guided_extra_body(p.guided)
         if extra:
             kwargs["extra_body"] = extra
         started = time.perf_counter()
@@ -155,6 +159,59 @@ class OpenAITeacher:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class HostedTeacher:
+    """A teacher model hosted by this Serve app, behind the same interface as a remote one."""
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self._handle = handle
+
+    async def complete(self, call: TeacherCall) -> TeacherAnswer:
+        started = time.perf_counter()
+        request = GenerationRequest(new_id("teacher"), call.context + call.prompt, call.params)
+        try:
+            result = await self._handle.generate.remote(request)
+        except LLMVMError:
+            raise
+        except Exception as exc:
+            raise TeacherError(f"teacher '{self.name}' failed: {type(exc).__name__}") from exc
+        choice = result.choices[0]
+        return TeacherAnswer(
+            text=choice.text,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=choice.completion_tokens,
+            latency_s=time.perf_counter() - started,
+            model=self.name,
+        )
+
+
+def build_teacher(
+    config: Config, name: str | None = None, *, synthesis: bool = False, handle: Any = None
+) -> Teacher:
+    """The teacher ``name`` (default ``teacher.model``): remote when ``teacher.base_url`` is
+    set, else the app's own replica (``handle``, or looked up on the cluster).
+
+    For ``synthesis`` the SDK's own retries are off: a synthesis unit retries itself
+    (capped, with backoff) so that every 429 and timeout is counted, under the synthesis
+    run's timeout and in-flight bound. The request path keeps the SDK's retries.
+    """
+    t = config.teacher
+    name = name or t.model
+    if not t.base_url:
+        return HostedTeacher(name, handle if handle is not None else model_handle(config, name))
+    s = config.synthesis
+    return OpenAITeacher(
+        base_url=t.base_url,
+        model=name,
+        api_key=t.api_key.get_secret_value() if t.api_key else None,
+        api=t.api,
+        timeout_s=s.request_timeout_s if synthesis else t.timeout_s,
+        max_retries=0 if synthesis else t.max_retries,
+        max_concurrency=s.max_in_flight if synthesis else t.max_concurrency,
+    )
 
 
 def _upstream_message(exc: Any) -> str:
