@@ -20,7 +20,7 @@ from typing import Any
 from llmvm_ray.agents.bench.knowledge import KnowledgeBase, split_questions
 from llmvm_ray.agents.bench.steps import flat_examples, make_sampler
 from llmvm_ray.agents.model import ModelReply, StepCall
-from llmvm_ray.testing.tasks import Task
+from llmvm_ray.dev.tasks import Task
 
 
 @dataclass(frozen=True)

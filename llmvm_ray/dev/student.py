@@ -18,12 +18,12 @@ What the pretraining text contains (``pretraining_document``) and what it does N
 
 A written date is never the input of an ``Input:/Output:`` pair and never sits next to an
 ISO date: the base has seen every ingredient but not the ``date`` task's mapping, and
-``tests/testing/test_student.py`` checks that it scores ~0 % on the task before LoRA.
+``tests/dev/test_student.py`` checks that it scores ~0 % on the task before LoRA.
 
 ``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` into
 that base; ``distill_check`` runs the same fine-tune in process (tokenization, loss,
 optimizer and schedule of ``llmvm_ray.train``) and measures held-out exact match.
-``python -m llmvm_ray.testing.student [--random-base]`` reproduces the table below (1 torch
+``python -m llmvm_ray.dev.student [--random-base]`` reproduces the table below (1 torch
 thread, 3 data seeds per N, 200 held-out inputs, ~10 min).
 
 Measured 2026-11-25, 2-core shared CPU, ``date``, prompts without the instruction,
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmvm_ray.testing.tasks import Task, get_task
+from llmvm_ray.dev.tasks import Task, get_task
 
 STUDENT_HIDDEN_SIZE = 128
 """Hidden size of the student base, the teacher's. A hidden-64 base pretrained as long gave
@@ -244,7 +244,7 @@ def make_student_base(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmvm_ray.testing.tiny import _collate, build_tiny_model, fit
+    from llmvm_ray.dev.tiny import _collate, build_tiny_model, fit
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -320,8 +320,8 @@ def distill_check(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmvm_ray.config import TrainConfig
-    from llmvm_ray.testing.tasks import make_examples
-    from llmvm_ray.testing.tiny import evaluate
+    from llmvm_ray.dev.tasks import make_examples
+    from llmvm_ray.dev.tiny import evaluate
     from llmvm_ray.train.data import collate, encode, steps_per_epoch
 
     task = get_task(task) if isinstance(task, str) else task
@@ -394,7 +394,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    parser = argparse.ArgumentParser(prog="python -m llmvm_ray.testing.student")
+    parser = argparse.ArgumentParser(prog="python -m llmvm_ray.dev.student")
     parser.add_argument("--n", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--base-seed", type=int, default=0)

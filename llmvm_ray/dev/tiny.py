@@ -4,7 +4,7 @@ No weights are ever downloaded. ``build_tiny_model`` trains a byte-level BPE tok
 generated task text and saves a randomly initialised 2-layer Llama or GPT-2 as an ordinary
 Hugging Face folder, so every code path that loads "a real model" (engine, Serve, LoRA
 training) can be exercised in seconds. ``train_on_task`` then turns such a folder into a
-*competent teacher* for one of ``llmvm_ray.testing.tasks``, which is what end-to-end
+*competent teacher* for one of ``llmvm_ray.dev.tasks``, which is what end-to-end
 distillation tests need: a teacher whose answers are right, so a student's accuracy means
 something.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmvm_ray.testing.tasks import TASK_NAMES, Task, get_task
+from llmvm_ray.dev.tasks import TASK_NAMES, Task, get_task
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,7 @@ TEACHER_HIDDEN_SIZE = 128
 # Fixed extra text for the tokenizer corpus. Its words are known words, but BPE merges need
 # a pair seen twice, so only those that recur in the corpus become whole tokens. Changing
 # this text changes the tokenizer, and every accuracy measured with it (teacher steps,
-# testing.student's recipe) would have to be measured again.
+# dev.student's recipe) would have to be measured again.
 _EXTRA_CORPUS = (
     "You are a helpful assistant.",
     "Hello! How can I help you today?",
@@ -415,7 +415,7 @@ def evaluate(
     Held-out inputs are disjoint from training inputs by construction (see ``tasks``), so
     the seed only picks which held-out examples are used.
     """
-    from llmvm_ray.testing.tasks import make_examples
+    from llmvm_ray.dev.tasks import make_examples
 
     task = get_task(task) if isinstance(task, str) else task
     model, tok = _load(model_dir_or_model, tokenizer)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmvm_ray.dev.tasks import Task, get_task
+from llmvm_ray.dev.tiny import TEACHER_HIDDEN_SIZE, _collate, build_tiny_model
 from llmvm_ray.synthesis import encoding as enc
 from llmvm_ray.synthesis.templates import TemplateSet
-from llmvm_ray.testing.tasks import Task, get_task
-from llmvm_ray.testing.tiny import TEACHER_HIDDEN_SIZE, _collate, build_tiny_model
 
 DELIM = "<END>"
 _INPUT = re.compile(r"^Input: (?P<x>.*)\nOutput:$", re.DOTALL)
