@@ -30,10 +30,10 @@ def main() -> None:
     from llmvm_ray.agents.bench.knowledge import KnowledgeBase
     from llmvm_ray.agents.bench.offline import step_task
     from llmvm_ray.config import load_config
+    from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.store import datasets
     from llmvm_ray.store.fs import Storage
-    from llmvm_ray.testing.tiny import build_tiny_model
     from llmvm_ray.train.service import FinetuneService
 
     kb = KnowledgeBase.load()

@@ -211,11 +211,11 @@ def main() -> None:
     import ray
 
     from llmvm_ray.config import RayConfig
+    from llmvm_ray.dev.tasks import make_examples
+    from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.store import datasets
     from llmvm_ray.store.fs import Storage
-    from llmvm_ray.testing.tasks import make_examples
-    from llmvm_ray.testing.tiny import build_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="llmvm-ft-bench-"))
     model = build_tiny_model(root / "model", "llama", seed=0)

@@ -200,10 +200,10 @@ def main() -> None:
     import torch
 
     from llmvm_ray.config import ModelConfig, load_config
+    from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.engine import Engine
     from llmvm_ray.serve.batching import Batcher
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.testing.tiny import build_tiny_model
 
     if args.batch_wait is None:
         args.batch_wait = ModelConfig.model_fields["batch_wait_timeout_s"].default

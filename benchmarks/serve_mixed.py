@@ -84,8 +84,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from llmvm_ray.config import load_config
+    from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.testing.tiny import build_tiny_model
 
     model_dir = Path(tempfile.mkdtemp(prefix="llmvm-mixed-")) / "model"
     build_tiny_model(model_dir, hidden_size=args.hidden, num_layers=4)

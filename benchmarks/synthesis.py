@@ -8,9 +8,9 @@ encoding on a real (tiny) teacher, dedup precision/recall on a planted set.
    our batch job with 1, 2 and 4 worker actors (4 requests in flight each, exact + MinHash
    dedup on, embedding dedup off). Wall time includes starting the workers.
 2. Parse success per encoding: a tiny teacher trained on our synthesis prompts (json and
-   delimited encodings, ``testing.synth_teacher``) served by our own Serve endpoint; the
+   delimited encodings, ``tests.support.synth_teacher``) served by our own Serve endpoint; the
    same number of requests per encoding, no retries; guided_json is constrained decoding.
-3. Dedup on ``testing.planted`` (exact, near, paraphrase copies of 12 originals):
+3. Dedup on ``tests.support.planted`` (exact, near, paraphrase copies of 12 originals):
    precision and recall of the dropped rows per filter setting.
 
 Run: ``python benchmarks/synthesis.py [--workdir bench-synth] [--skip-teacher] [--repeat 3]``
@@ -105,7 +105,7 @@ def throughput(
 ) -> dict:
     from llmvm_ray.config import RayConfig
     from llmvm_ray.runtime import init_ray
-    from llmvm_ray.testing.stub_teacher import StubTeacher
+    from tests.support.stub_teacher import StubTeacher
 
     init_ray(RayConfig(num_cpus=4, include_dashboard=False))
     figures: dict = {
@@ -139,13 +139,13 @@ def parse_success(workdir: Path, requests: int, steps: int) -> dict:
     import random
 
     from llmvm_ray.config import load_config
+    from llmvm_ray.dev.tasks import get_task
     from llmvm_ray.runtime import init_ray
     from llmvm_ray.serve.deploy import ServiceRunner
     from llmvm_ray.synthesis.records import Seed
     from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput
     from llmvm_ray.teachers import build_teacher
-    from llmvm_ray.testing.synth_teacher import check_example, example, make_synthesis_teacher
-    from llmvm_ray.testing.tasks import get_task
+    from tests.support.synth_teacher import check_example, example, make_synthesis_teacher
 
     teacher_dir = workdir / "synth-teacher"
     if not (teacher_dir / "config.json").exists():
@@ -233,7 +233,7 @@ def parse_success(workdir: Path, requests: int, steps: int) -> dict:
 def dedup_quality() -> dict:
     from llmvm_ray.config import SynthesisConfig
     from llmvm_ray.synthesis.dedup import Deduper, load_encoder
-    from llmvm_ray.testing.planted import planted_rows
+    from tests.support.planted import planted_rows
 
     encoder = load_encoder("all-MiniLM-L6-v2")
     rows = planted_rows()

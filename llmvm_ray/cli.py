@@ -253,8 +253,8 @@ def dev_tiny_model(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Build a tiny offline model (no downloads); optionally make it a competent teacher."""
-    from llmvm_ray.testing import tiny
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev import tiny
+    from llmvm_ray.dev.tasks import get_task
 
     console = _console()
     if arch not in ("llama", "gpt2"):

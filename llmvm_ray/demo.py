@@ -28,9 +28,9 @@ STUDENT_REQUESTS = 60
 
 
 def _models(workdir: Path, console: Console) -> tuple[Path, Path]:
-    from llmvm_ray.testing import tiny
-    from llmvm_ray.testing.student import make_student_base
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev import tiny
+    from llmvm_ray.dev.student import make_student_base
+    from llmvm_ray.dev.tasks import get_task
 
     task = get_task(DEMO_TASK)
     teacher_dir, student_dir = workdir / "teacher", workdir / "student"
@@ -71,9 +71,9 @@ def run_loop(
     """Run the loop; return its measurements (``None`` if no student was promoted)."""
     from llmvm_ray.client import Client
     from llmvm_ray.config import load_config
+    from llmvm_ray.dev.student import STUDENT_LORA_RECIPE
+    from llmvm_ray.dev.tasks import get_task
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.testing.student import STUDENT_LORA_RECIPE
-    from llmvm_ray.testing.tasks import get_task
 
     task = get_task(DEMO_TASK)
     workdir = workdir.resolve()
@@ -93,7 +93,7 @@ def run_loop(
             "optimizer": {
                 "student_model": "student",
                 # 80 rows, 1 in 5 held out: the first fine-tune sees 64 (the recipe needs
-                # >= 64 for >= 95 %, see llmvm_ray/testing/student.py); a retrain waits for 2x.
+                # >= 64 for >= 95 %, see llmvm_ray/dev/student.py); a retrain waits for 2x.
                 "min_train_examples": 80,
                 "retrain_growth": 2.0,
                 "holdout_fraction": 0.2,

@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from llmvm_ray.testing.tiny import build_tiny_model
+    from llmvm_ray.dev.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama", seed=0)
 

@@ -20,8 +20,8 @@ KEY = "sk-agents"
 @pytest.fixture(scope="module")
 def agent_service(ray_session, serve_port, knowledge, tmp_path_factory):
     from llmvm_ray.config import load_config
+    from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.testing.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("agents-service")
     # Long enough positions for the steps' contexts (instructions + tool list).

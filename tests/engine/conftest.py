@@ -35,7 +35,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmvm_ray.testing.tiny import build_tiny_model
+    from llmvm_ray.dev.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", seed=0)
 

@@ -111,9 +111,9 @@ def write_config(path: Path, storage: Path, port: int, models: list[tuple[str, s
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_llama):
     """Config files (one model, then two), a storage root with a recorded dataset."""
+    from llmvm_ray.dev.tasks import make_examples
     from llmvm_ray.store import datasets
     from llmvm_ray.store.fs import Storage
-    from llmvm_ray.testing.tasks import make_examples
 
     root = tmp_path_factory.mktemp("ops-jobs")
     storage = root / "store"
@@ -365,7 +365,7 @@ def unit_files(out: Path) -> dict[str, bytes]:
 def test_synthesis_job_writes_the_rows_with_provenance(jobs, tmp_path):
     import pyarrow.parquet as pq
 
-    from llmvm_ray.testing.stub_teacher import StubTeacher
+    from tests.support.stub_teacher import StubTeacher
 
     out = tmp_path / "out"
     with StubTeacher(["fenced", "good"]) as stub:
@@ -400,7 +400,7 @@ def test_synthesis_job_stopped_then_resubmitted_loses_and_duplicates_nothing(job
     are (not asked again), the missing ones are asked, and the output is exactly the target."""
     import pyarrow.parquet as pq
 
-    from llmvm_ray.testing.stub_teacher import StubTeacher
+    from tests.support.stub_teacher import StubTeacher
 
     out, target = tmp_path / "out", 40  # 20 requests of 2 examples, 2 in flight, 0.3 s each
     with StubTeacher(["slow"], slow_s=0.3) as stub:

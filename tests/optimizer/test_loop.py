@@ -103,7 +103,7 @@ QUICK_TRAINING = {"method": "lora", "max_steps": 4, "batch_size": 4}
 def quick_models(tmp_path_factory):
     """A briefly trained teacher (writes date-like answers) and an untrained student that
     cannot match it: built once for the quick tests."""
-    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+    from llmvm_ray.dev.tiny import build_tiny_model, make_teacher
 
     root = tmp_path_factory.mktemp("quick-models")
     make_teacher(root / "teacher", "date", steps=60)
@@ -117,7 +117,7 @@ def quick_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     in a minute or two."""
     from ray import serve
 
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
 
     root = tmp_path_factory.mktemp("quick-loop")
     runner, deploy_teacher, teacher_app = _start_loop(
@@ -139,7 +139,7 @@ def guided_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     constraint passes, so promotion happens after a few training steps."""
     from ray import serve
 
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
 
     runner, _, teacher_app = _start_loop(
         tmp_path_factory.mktemp("guided-loop"),
@@ -159,7 +159,7 @@ def failing_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     """Every fine-tune of this app fails inside Ray Train (LoRA on a module the model lacks)."""
     from ray import serve
 
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
 
     runner, _, teacher_app = _start_loop(
         tmp_path_factory.mktemp("failing-loop"),
@@ -179,7 +179,7 @@ def drift_loop(ray_session, serve_port, tmp_path_factory, quick_models):
     untrained student disagrees with the teacher, so the task must roll back."""
     from ray import serve
 
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
 
     runner, _, teacher_app = _start_loop(
         tmp_path_factory.mktemp("drift-loop"),
@@ -199,9 +199,9 @@ def loop(ray_session, serve_port, tmp_path_factory):
     """A trained teacher (>= 95 % on the task) and a pretrained student base."""
     from ray import serve
 
-    from llmvm_ray.testing.student import STUDENT_LORA_RECIPE, make_student_base
-    from llmvm_ray.testing.tasks import get_task
-    from llmvm_ray.testing.tiny import build_tiny_model, make_teacher
+    from llmvm_ray.dev.student import STUDENT_LORA_RECIPE, make_student_base
+    from llmvm_ray.dev.tasks import get_task
+    from llmvm_ray.dev.tiny import build_tiny_model, make_teacher
 
     root = tmp_path_factory.mktemp("loop")
     task = get_task("date")

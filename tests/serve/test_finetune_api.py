@@ -14,9 +14,9 @@ DATASET = "datasets/http/date.parquet"
 
 @pytest.fixture(scope="module")
 def dataset(service):
+    from llmvm_ray.dev.tasks import get_task, make_examples
     from llmvm_ray.store import datasets
     from llmvm_ray.store.fs import Storage
-    from llmvm_ray.testing.tasks import get_task, make_examples
 
     _, config = service
     rows = make_examples(get_task("date"), 64, seed=0, instruction=False)

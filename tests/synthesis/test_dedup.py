@@ -10,7 +10,7 @@ import pytest
 
 from llmvm_ray.config import SynthesisConfig
 from llmvm_ray.synthesis.dedup import Deduper, load_encoder, normalize
-from llmvm_ray.testing.planted import planted_rows
+from tests.support.planted import planted_rows
 
 
 def kinds(rows) -> list[str]:

@@ -14,7 +14,7 @@ from llmvm_ray.synthesis.records import Seed
 from llmvm_ray.synthesis.run import drive, local_executor
 from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput
 from llmvm_ray.teachers import build_teacher
-from llmvm_ray.testing.stub_teacher import StubTeacher
+from tests.support.stub_teacher import StubTeacher
 
 SEEDS = tuple(
     Seed(f"s{i}", f"Question seed {i}: what is {i} plus one?", f" {i + 1}") for i in range(5)

@@ -21,7 +21,7 @@ from llmvm_ray.config import load_config
 from llmvm_ray.errors import ConflictError, InvalidRequestError
 from llmvm_ray.synthesis.dedup import Deduper
 from llmvm_ray.synthesis.job import run_job
-from llmvm_ray.testing.stub_teacher import StubTeacher
+from tests.support.stub_teacher import StubTeacher
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -192,10 +192,10 @@ def test_the_tiny_synthesis_teacher_is_trained_on_exactly_what_the_synthesizer_s
     import random
 
     from llmvm_ray.config import SynthesisConfig
+    from llmvm_ray.dev.tasks import get_task
     from llmvm_ray.synthesis.records import Seed
     from llmvm_ray.synthesis.synthesizer import Synthesizer, TaskInput, UnitPlan
-    from llmvm_ray.testing.synth_teacher import check_example, synthesis_pair
-    from llmvm_ray.testing.tasks import get_task
+    from tests.support.synth_teacher import check_example, synthesis_pair
 
     task = get_task("date")
     for encoding in ("guided_json", "json", "delimited"):

@@ -55,7 +55,7 @@ def wait_for(predicate, timeout_s=300, poll_s=0.3, what="condition"):
 def synth_service(ray_session, serve_port, tmp_path_factory):
     from llmvm_ray.config import load_config
     from llmvm_ray.serve.deploy import ServiceRunner
-    from llmvm_ray.testing.synth_teacher import make_synthesis_teacher
+    from tests.support.synth_teacher import make_synthesis_teacher
 
     root = tmp_path_factory.mktemp("synth")
     make_synthesis_teacher(root / "teacher", "date", steps=TEACHER_STEPS, batch_size=16)
@@ -98,8 +98,8 @@ def synth_service(ray_session, serve_port, tmp_path_factory):
 def date_seeds(path: Path, n: int = 8) -> Path:
     import random
 
-    from llmvm_ray.testing.synth_teacher import example
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
+    from tests.support.synth_teacher import example
 
     task, rng = get_task("date"), random.Random(3)
     rows = [
@@ -162,7 +162,7 @@ def test_data_synthesis_flag_makes_the_optimizer_synthesize(synth_service):
     """/v1/complete with data_synthesis: true → after a few real rows, the optimizer asks
     the task's (hosted) teacher for more, dedups them against the task's rows and records
     them as training rows with provenance; the task view shows the count and the funnel."""
-    from llmvm_ray.testing.tasks import get_task
+    from llmvm_ray.dev.tasks import get_task
 
     url, root = synth_service
     task = get_task("date")

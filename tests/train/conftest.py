@@ -133,7 +133,7 @@ def snapshot_resources() -> tuple[float, set[str]]:
 
 @pytest.fixture(scope="session")
 def date_rows() -> list[dict[str, str]]:
-    from llmvm_ray.testing.tasks import make_examples
+    from llmvm_ray.dev.tasks import make_examples
 
     return make_examples("date", 96, seed=0)
 

@@ -99,7 +99,7 @@ def train_step_model(
         # The previous run's own output when it is still there (exact provenance).
         base = previous if previous and Path(previous).is_dir() else str(out.resolve())
     else:
-        from llmvm_ray.testing.tiny import build_tiny_model
+        from llmvm_ray.dev.tiny import build_tiny_model
 
         base_dir = out / "base"
         say(f"building the tiny base ({num_layers} x {hidden_size}, character-level)")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from llmvm_ray.testing.tasks import TASK_NAMES, TASKS, get_task, make_examples
+from llmvm_ray.dev.tasks import TASK_NAMES, TASKS, get_task, make_examples
 
 
 def _independent_answer(name: str, source: str) -> str:

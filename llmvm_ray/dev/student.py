@@ -18,12 +18,12 @@ What the pretraining text contains (``pretraining_document``) and what it does N
 
 A written date is never the input of an ``Input:/Output:`` pair and never sits next to an
 ISO date: the base has seen every ingredient but not the ``date`` task's mapping, and
-``tests/testing/test_student.py`` checks that it scores ~0 % on the task before LoRA.
+``tests/dev/test_student.py`` checks that it scores ~0 % on the task before LoRA.
 
 ``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` into
 that base; ``distill_check`` runs the same fine-tune in process (tokenization, loss,
 optimizer and schedule of ``llmvm_ray.train``) and measures held-out exact match.
-``python -m llmvm_ray.testing.student [--random-base]`` reproduces the table below (1 torch
+``python -m llmvm_ray.dev.student [--random-base]`` reproduces the table below (1 torch
 thread, 3 data seeds per N, 200 held-out inputs, ~10 min).
 
 Measured 2026-11-25, 2-core shared CPU, ``date``, prompts without the instruction,
@@ -56,12 +56,12 @@ import calendar
 import random
 import string
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmvm_ray.testing.tasks import Task, get_task
+from llmvm_ray.dev.tasks import Task, get_task
 
 STUDENT_HIDDEN_SIZE = 128
 """Hidden size of the student base, the teacher's. A hidden-64 base pretrained as long gave
@@ -244,7 +244,8 @@ def make_student_base(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmvm_ray.testing.tiny import _collate, build_tiny_model, fit
+    from llmvm_ray.dev.tiny import build_tiny_model, cosine_schedule, fit
+    from llmvm_ray.train.data import Example, collate
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -262,21 +263,14 @@ def make_student_base(
     rng = random.Random(seed + 1)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
-    def next_batch() -> tuple[Any, Any, Any]:
+    def next_batch() -> dict[str, Any]:
         docs = [pretraining_document(rng) for _ in range(STUDENT_PRETRAIN_BATCH_SIZE)]
         # Plain LM loss: every token of each document (and its EOS) is a label.
-        return _collate([([], ids + [eos]) for ids in tokenizer(docs)["input_ids"]], pad)
+        ids = tokenizer(docs)["input_ids"]
+        return collate([Example([], i + [eos], d) for i, d in zip(ids, docs, strict=True)], pad)
 
-    fit(
-        model,
-        next_batch,
-        steps=steps,
-        lr=STUDENT_PRETRAIN_LR,
-        warmup=max(1, steps // 20),
-        seed=seed,
-        weight_decay=0.01,
-        progress=progress,
-    )
+    schedule = cosine_schedule(STUDENT_PRETRAIN_LR, max(1, steps // 20), weight_decay=0.01)
+    fit(model, next_batch, schedule, steps=steps, seed=seed, progress=progress)
     model.save_pretrained(out)
     return out
 
@@ -310,18 +304,19 @@ def distill_check(
     ``llmvm_ray.train`` LoRA run with one worker: ``TrainConfig`` built from ``recipe``
     (default ``STUDENT_LORA_RECIPE``) plus ``overrides``; the same ``encode``/``collate``
     (prompt tokenized as the engine does, completion + EOS, loss on completion tokens
-    only), AdamW, linear warm-up then constant learning rate, gradient clipping, reshuffled
-    epochs until ``max_steps`` (or ``epochs`` passes). All ``n`` rows train (the real loop
-    holds ``eval_fraction`` of them out); evaluation is greedy on ``eval_n`` held-out inputs
-    never seen in training. ``adapter_dir`` saves the adapter PEFT-style.
+    only), ``tiny.fit`` (AdamW, the pipeline's ``lr_schedule``: the recipe's is linear
+    warm-up then constant; gradient clipping), reshuffled epochs until ``max_steps`` (or
+    ``epochs`` passes). All ``n`` rows train (the real loop holds ``eval_fraction`` of them
+    out); evaluation is greedy on ``eval_n`` held-out inputs never seen in training.
+    ``adapter_dir`` saves the adapter PEFT-style.
     """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmvm_ray.config import TrainConfig
-    from llmvm_ray.testing.tasks import make_examples
-    from llmvm_ray.testing.tiny import evaluate
+    from llmvm_ray.dev.tasks import make_examples
+    from llmvm_ray.dev.tiny import evaluate, fit
     from llmvm_ray.train.data import collate, encode, steps_per_epoch
 
     task = get_task(task) if isinstance(task, str) else task
@@ -336,6 +331,16 @@ def distill_check(
     per_epoch = steps_per_epoch(len(train_set), 1, params.batch_size)
     total = params.max_steps or params.epochs * per_epoch
 
+    def batches() -> Iterator[dict[str, Any]]:
+        """Reshuffled epochs, as the Ray Train loop's sampler draws them."""
+        order = torch.Generator().manual_seed(seed)
+        while True:
+            perm = torch.randperm(len(train_set), generator=order).tolist()
+            for start in range(0, len(perm), params.batch_size):
+                chunk = [train_set[i] for i in perm[start : start + params.batch_size]]
+                yield collate(chunk, pad_id=tokenizer.pad_token_id)
+
+    # One seed for the adapter's initialisation and, continuing the stream, its dropout.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -349,41 +354,14 @@ def distill_check(
                 target_modules=params.lora_target_modules,
             ),
         )
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-        warmup = params.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
-        order = torch.Generator().manual_seed(seed)
-        step, loss_value = 0, float("nan")
         started, cpu_started = time.perf_counter(), time.process_time()
-        model.train()
-        while step < total:
-            perm = torch.randperm(len(train_set), generator=order).tolist()
-            for start in range(0, len(perm), params.batch_size):
-                batch = collate(
-                    [train_set[i] for i in perm[start : start + params.batch_size]],
-                    pad_id=tokenizer.pad_token_id,
-                )
-                loss = model(**batch).loss
-                loss.backward()
-                if params.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = float(loss.detach())
-                step += 1
-                if step >= total:
-                    break
+        loss_value = fit(model, batches().__next__, params, steps=total, seed=None)
         train_seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
-    model.eval()
     if adapter_dir is not None:
         model.save_pretrained(adapter_dir)
     accuracy = evaluate(model, task, n=eval_n, instruction=False, tokenizer=tokenizer)
-    return DistillResult(accuracy, train_seconds, cpu_seconds, step, n, loss_value)
+    return DistillResult(accuracy, train_seconds, cpu_seconds, total, n, loss_value)
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
@@ -394,7 +372,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    parser = argparse.ArgumentParser(prog="python -m llmvm_ray.testing.student")
+    parser = argparse.ArgumentParser(prog="python -m llmvm_ray.dev.student")
     parser.add_argument("--n", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--base-seed", type=int, default=0)

@@ -10,17 +10,17 @@ with ``check_example``: the completion must be the right answer for the prompt's
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmvm_ray.dev.tasks import Task, get_task
+from llmvm_ray.dev.tiny import TEACHER_HIDDEN_SIZE, build_tiny_model, cosine_schedule, fit
 from llmvm_ray.synthesis import encoding as enc
 from llmvm_ray.synthesis.templates import TemplateSet
-from llmvm_ray.testing.tasks import Task, get_task
-from llmvm_ray.testing.tiny import TEACHER_HIDDEN_SIZE, _collate, build_tiny_model
+from llmvm_ray.train.data import Example, collate
 
 DELIM = "<END>"
 _INPUT = re.compile(r"^Input: (?P<x>.*)\nOutput:$", re.DOTALL)
@@ -93,7 +93,6 @@ def make_synthesis_teacher(
     progress: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Build and train the teacher in ``out_dir`` (a normal HF folder); return it."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     task = get_task(task) if isinstance(task, str) else task
@@ -104,38 +103,21 @@ def make_synthesis_teacher(
     tok = AutoTokenizer.from_pretrained(out)
     variants = len(TemplateSet.build("completion").variants)
     rng = random.Random(seed)
-    warmup = max(1, steps // 20)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+    def next_batch() -> dict[str, Any]:
+        batch = []
+        for _ in range(batch_size):
+            encoding = rng.choice(list(encodings))
+            prompt, answer, _ = synthesis_pair(
+                task, rng, k=k, n=n, encoding=encoding, variant=rng.randrange(variants)
+            )
+            p = tok(prompt)["input_ids"]
+            c = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            batch.append(Example(p, c, answer))
+        return collate(batch, tok.pad_token_id)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        for step in range(steps):
-            batch = []
-            for _ in range(batch_size):
-                encoding = rng.choice(list(encodings))
-                prompt, answer, _ = synthesis_pair(
-                    task, rng, k=k, n=n, encoding=encoding, variant=rng.randrange(variants)
-                )
-                p = tok(prompt)["input_ids"]
-                c = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                batch.append((p, c))
-            ids, mask, labels = _collate(batch, tok.pad_token_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if progress is not None:
-                progress(step + 1, float(loss.item()))
-    model.eval()
+    # weight_decay 0.01: torch's AdamW default, which this teacher was tuned with.
+    schedule = cosine_schedule(lr, max(1, steps // 20), weight_decay=0.01)
+    fit(model, next_batch, schedule, steps=steps, seed=seed, progress=progress)
     model.save_pretrained(out)
     return out

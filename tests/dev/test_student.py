@@ -2,7 +2,7 @@
 
 The base is pretrained once per module (~20-30 s). The LoRA check is short on purpose: it
 only shows that the adapter learns ``date`` on this base clearly beyond the untrained
-adapter; the recipe's full numbers come from ``python -m llmvm_ray.testing.student``.
+adapter; the recipe's full numbers come from ``python -m llmvm_ray.dev.student``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from llmvm_ray.testing.student import (
+from llmvm_ray.dev.student import (
     STUDENT_LORA_RECIPE,
     distill_check,
     make_student_base,
@@ -51,7 +51,7 @@ def test_base_round_trips_with_auto_classes(student_base):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmvm_ray.testing.tiny import TEACHER_HIDDEN_SIZE, build_tiny_model
+    from llmvm_ray.dev.tiny import TEACHER_HIDDEN_SIZE, build_tiny_model
 
     path, losses = student_base
     assert losses and losses[-1] < losses[0] / 3, "pretraining must lower the LM loss"
@@ -76,8 +76,8 @@ def test_short_lora_run_learns_date_beyond_the_untrained_adapter(student_base, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmvm_ray.config import TrainConfig
-    from llmvm_ray.testing.tasks import make_examples
-    from llmvm_ray.testing.tiny import evaluate
+    from llmvm_ray.dev.tasks import make_examples
+    from llmvm_ray.dev.tiny import evaluate
 
     TrainConfig.model_validate(STUDENT_LORA_RECIPE)  # the recipe is valid fine-tune settings
     path, _ = student_base

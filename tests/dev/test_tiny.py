@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmvm_ray.testing.tiny import build_tiny_model, evaluate, train_on_task
+from llmvm_ray.dev.tiny import build_tiny_model, evaluate, train_on_task
 
 
 @pytest.fixture(scope="module")

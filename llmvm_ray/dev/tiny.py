@@ -4,7 +4,7 @@ No weights are ever downloaded. ``build_tiny_model`` trains a byte-level BPE tok
 generated task text and saves a randomly initialised 2-layer Llama or GPT-2 as an ordinary
 Hugging Face folder, so every code path that loads "a real model" (engine, Serve, LoRA
 training) can be exercised in seconds. ``train_on_task`` then turns such a folder into a
-*competent teacher* for one of ``llmvm_ray.testing.tasks``, which is what end-to-end
+*competent teacher* for one of ``llmvm_ray.dev.tasks``, which is what end-to-end
 distillation tests need: a teacher whose answers are right, so a student's accuracy means
 something.
 """
@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmvm_ray.testing.tasks import TASK_NAMES, Task, get_task
+from llmvm_ray.config import TrainConfig
+from llmvm_ray.dev.tasks import TASK_NAMES, Task, get_task
+from llmvm_ray.train.data import Example, collate
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +51,7 @@ TEACHER_HIDDEN_SIZE = 128
 # Fixed extra text for the tokenizer corpus. Its words are known words, but BPE merges need
 # a pair seen twice, so only those that recur in the corpus become whole tokens. Changing
 # this text changes the tokenizer, and every accuracy measured with it (teacher steps,
-# testing.student's recipe) would have to be measured again.
+# dev.student's recipe) would have to be measured again.
 _EXTRA_CORPUS = (
     "You are a helpful assistant.",
     "Hello! How can I help you today?",
@@ -254,77 +256,83 @@ def _load(model_dir_or_model: str | Path | PreTrainedModel, tokenizer: Any = Non
 
 def _encode_examples(
     tokenizer: Any, task: Task, rng: random.Random, n: int, instruction: bool
-) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids with BOS, completion ids with EOS) for ``n`` fresh training examples.
+) -> list[Example]:
+    """``n`` fresh training examples: prompt ids with BOS, completion ids with EOS.
 
     Prompt and completion are tokenized separately, exactly as at serving time where the
     prompt is encoded alone and the completion generated after it.
     """
     pairs = [task.sample_split(rng, "train") for _ in range(n)]
     prompts = tokenizer([task.format_prompt(x, instruction=instruction) for x, _ in pairs])
-    completions = tokenizer([task.format_completion(y) for _, y in pairs], add_special_tokens=False)
+    texts = [task.format_completion(y) for _, y in pairs]
+    completions = tokenizer(texts, add_special_tokens=False)
     eos = tokenizer.eos_token_id
     return [
-        (p, c + [eos]) for p, c in zip(prompts["input_ids"], completions["input_ids"], strict=True)
+        Example(p, c + [eos], text)
+        for p, c, text in zip(prompts["input_ids"], completions["input_ids"], texts, strict=True)
     ]
-
-
-def _collate(
-    batch: Sequence[tuple[list[int], list[int]]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input ids, attention mask, and labels masked to completion tokens."""
-    import torch
-
-    width = max(len(p) + len(c) for p, c in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, (p, c) in enumerate(batch):
-        seq = p + c
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, len(p) : len(seq)] = torch.tensor(c)
-    return ids, mask, labels
 
 
 def fit(
     model: Any,
-    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    next_batch: Callable[[], dict[str, torch.Tensor]],
+    params: TrainConfig,
     *,
     steps: int,
-    lr: float,
-    warmup: int,
-    seed: int,
-    weight_decay: float = 0.0,
+    seed: int | None,
     progress: Callable[[int, float], None] | None = None,
-) -> None:
-    """The plain PyTorch loop of the tiny builders (teacher training, student pretraining):
-    AdamW, the fine-tune pipeline's linear warm-up then cosine decay to 10 % of ``lr``,
-    gradients clipped at 1.0. ``next_batch()`` gives (input ids, attention mask, labels);
-    ``progress(step, loss)`` is called after every step (1-based). Seeded without touching
-    the caller's global RNG; the model is left in eval mode."""
+) -> float:
+    """The one plain PyTorch loop of the dev models (teacher training, student pretraining,
+    the student recipe's LoRA check); returns the last step's loss.
+
+    AdamW on the trainable parameters with ``params``' learning rate, weight decay and
+    clipping, and the fine-tune pipeline's schedule (``train.strategy.lr_factor``), so a
+    recipe measured here carries over to ``llmvm_ray.train``. ``next_batch()`` gives a
+    ``train.data.collate`` batch; ``progress(step, loss)`` is called after every step
+    (1-based). With a ``seed`` the loop runs seeded in a forked RNG, so the caller's global
+    torch RNG is untouched; ``None`` leaves seeding to a caller that also seeds what it built
+    (a LoRA adapter whose dropout continues that stream). The model is left in eval mode.
+    """
+    import contextlib
+
     import torch
 
-    from llmvm_ray.config import TrainConfig
     from llmvm_ray.train.strategy import lr_factor
 
-    schedule = TrainConfig(lr=lr, warmup_steps=warmup, lr_schedule="cosine", min_lr_ratio=0.1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    loss_value = float("nan")
+    with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(params, steps))
         for step in range(steps):
-            ids, mask, labels = next_batch()
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = model(**next_batch()).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if params.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            loss_value = float(loss.item())
             if progress is not None:
-                progress(step + 1, float(loss.item()))
+                progress(step + 1, loss_value)
     model.eval()
+    return loss_value
+
+
+def cosine_schedule(lr: float, warmup: int, weight_decay: float = 0.0) -> TrainConfig:
+    """What the dev builders train from scratch with: linear warm-up, then cosine decay to
+    10 % of ``lr`` (the decay turns a noisy ~90 % into ~100 % in the last steps), clip 1.0."""
+    return TrainConfig(
+        lr=lr,
+        warmup_steps=warmup,
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        weight_decay=weight_decay,
+        max_grad_norm=1.0,
+    )
 
 
 def train_on_task(
@@ -342,12 +350,11 @@ def train_on_task(
 ) -> float:
     """Train the model in ``model_dir`` on ``task``, save it back, return held-out accuracy.
 
-    Plain PyTorch: AdamW, linear warm-up then cosine decay to 10 % of ``lr`` (the decay is
-    what turns ~90 % into ~100 % in the last steps), loss on completion tokens only, EOS
-    appended so the model learns to stop. Fresh training examples are drawn every step from
-    the task's training split, so there is nothing to overfit. ``progress(step, loss)`` is
-    called after every step (1-based). ``instruction=False`` trains a student-style model on
-    the dynamic prompt only.
+    ``fit`` with ``cosine_schedule`` (warm-up ``steps // 20`` by default), loss on completion
+    tokens only, EOS appended so the model learns to stop. Fresh training examples are drawn
+    every step from the task's training split, so there is nothing to overfit.
+    ``progress(step, loss)`` is called after every step (1-based). ``instruction=False``
+    trains a student-style model on the dynamic prompt only.
     """
 
     task = get_task(task) if isinstance(task, str) else task
@@ -358,12 +365,11 @@ def train_on_task(
     warmup = max(1, steps // 20) if warmup_steps is None else warmup_steps
     fit(
         model,
-        lambda: _collate(
+        lambda: collate(
             _encode_examples(tokenizer, task, rng, batch_size, instruction), tokenizer.pad_token_id
         ),
+        cosine_schedule(lr, warmup),
         steps=steps,
-        lr=lr,
-        warmup=warmup,
         seed=seed,
         progress=progress,
     )
@@ -415,7 +421,7 @@ def evaluate(
     Held-out inputs are disjoint from training inputs by construction (see ``tasks``), so
     the seed only picks which held-out examples are used.
     """
-    from llmvm_ray.testing.tasks import make_examples
+    from llmvm_ray.dev.tasks import make_examples
 
     task = get_task(task) if isinstance(task, str) else task
     model, tok = _load(model_dir_or_model, tokenizer)
