@@ -1,6 +1,6 @@
 """The ``llmvm`` command.
 
-Sub-commands only use the package's public pieces (config, runtime, serve builder, testing,
+Sub-commands only use the package's public pieces (config, runtime, serve builder, dev,
 the official ``openai`` client); heavy imports happen inside commands so ``llmvm --help``
 stays instant.
 """

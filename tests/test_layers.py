@@ -69,15 +69,15 @@ def layer_of(module: str) -> int:
         return 0
     if rel.rpartition(".")[2] == "cli":  # every package's CLI sits with the `llmvm` command
         return len(LAYERS) - 1
-    best = None
-    for index, layer in enumerate(LAYERS):
-        for prefix in layer:
-            if rel == prefix or rel.startswith(prefix + "."):
-                if best is None or len(prefix) > best[1]:
-                    best = (index, len(prefix))
-    if best is None:
+    matches = [
+        (len(prefix), index)
+        for index, layer in enumerate(LAYERS)
+        for prefix in layer
+        if rel == prefix or rel.startswith(prefix + ".")
+    ]
+    if not matches:
         raise AssertionError(f"{module} is in no layer: add its package to LAYERS")
-    return best[0]
+    return max(matches)[1]  # the most specific prefix: agents.bench over agents
 
 
 def test_every_module_has_a_layer():
