@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmvm_ray.config import ModelConfig
+from llmvm_ray.engine.batching import Batcher
 from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
-from llmvm_ray.serve.batching import Batcher
 
 # Prompts up to this many characters are tokenized on the event loop (~0.3 ms measured).
 _INLINE_PROMPT_CHARS = 500

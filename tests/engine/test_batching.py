@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from llmvm_ray.engine.batching import Batcher
 from llmvm_ray.engine.types import Choice, GenerationRequest, GenerationResult, SamplingParams
-from llmvm_ray.serve.batching import Batcher
 
 
 class Recorder:
@@ -157,17 +157,6 @@ def test_a_finished_request_leaves_before_its_batch_ends() -> None:
 
 
 # --- continuous batching, with a real engine ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    import torch
-
-    from llmvm_ray.config import ModelConfig
-    from llmvm_ray.engine import Engine
-
-    torch.set_num_threads(1)
-    return Engine(ModelConfig(name="tiny", model_uri=str(tiny_llama), device="cpu"))
 
 
 def sampled(i: int, **params) -> GenerationRequest:
