@@ -14,8 +14,10 @@ import time
 
 import pytest
 
+from llmvm_ray.engine import build_engine
 from llmvm_ray.engine.batching import Batcher
 from llmvm_ray.engine.types import Choice, GenerationRequest, GenerationResult, SamplingParams
+from tests.engine.helpers import model_config, serve_through
 
 
 class Recorder:
@@ -228,3 +230,16 @@ def test_an_engine_failure_fails_the_running_batch_and_its_joiners() -> None:
     outcomes = asyncio.run(main())
     assert [str(o) for o in outcomes] == ["engine exploded"] * 2
     batcher.check()
+
+
+def test_the_in_process_engine_client(tiny_llama, engine) -> None:
+    """What the replica holds: requests validated on arrival (the invalid one never ran) and
+    batched; its info entries as the replica reports them."""
+    client = build_engine(model_config(tiny_llama, engine_process="off"))
+    assert client.max_model_len == engine.max_model_len
+    assert serve_through(client, engine) == {
+        "engine_pid": None,
+        "batches_run": 2,
+        "sequences_run": 2,
+    }
+    client.close()
