@@ -11,13 +11,11 @@ Requests arriving while a batch runs join it (continuous batching, the default):
 into the running call's ``RequestInbox`` and the engine prefills them and adds them to the
 batch at its next step, up to ``max_batch_size`` rows; the call ends when nothing is left
 (this loop, which sees every result come back, closes the inbox then). Why: a request arriving
-mid-batch starts within a few steps instead of after the batch (a short one 150 ms into a
-batch of long ones: 78 ms instead of 315 ms on 2 CPU cores), and rows freed by finished
-requests are refilled (mixed lengths: 13.9 rows per step instead of 8.7). Its price is a
-prefill forward per group of joiners: with equal lengths in a closed loop at exactly the
-batch size, static batches' best case, it ran 0.87x of static on that CPU (see
-benchmarks/RESULTS.md). With ``continuous=False`` requests arriving while a batch runs form
-the next batch instead.
+mid-batch starts within a few steps instead of after the batch, and rows freed by finished
+requests are refilled. Its price is a prefill forward per group of joiners, which makes it
+a little slower than static batches in their best case, equal lengths in a closed loop at
+exactly the batch size (benchmarks/RESULTS.md, "Continuous vs static batching"). With
+``continuous=False`` requests arriving while a batch runs form the next batch instead.
 
 How long to wait before starting a batch is adaptive. A fixed wait either adds its full delay
 to every lone request or, under load, splits closed-loop clients into two half batches that
