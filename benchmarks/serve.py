@@ -202,7 +202,7 @@ def main() -> None:
     from llmvm_ray.config import ModelConfig, load_config
     from llmvm_ray.dev.tiny import build_tiny_model
     from llmvm_ray.engine import Engine
-    from llmvm_ray.serve.batching import Batcher
+    from llmvm_ray.engine.batching import Batcher
     from llmvm_ray.serve.deploy import ServiceRunner
 
     if args.batch_wait is None:

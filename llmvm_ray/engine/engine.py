@@ -1,8 +1,8 @@
 """The engine: one transformers model answering batches of generation requests.
 
-``Engine`` is what a Serve replica holds. It knows nothing of HTTP or Ray: requests come in
-as ``GenerationRequest`` values, results go out as ``GenerationResult`` values and, while
-decoding, as ``StreamDelta`` callbacks.
+A Serve replica runs it behind ``batching.BatchedEngine``. It knows nothing of HTTP or Ray:
+requests come in as ``GenerationRequest`` values, results go out as ``GenerationResult``
+values and, while decoding, as ``StreamDelta`` callbacks.
 
 Requests decode together in one left-padded batch with our own decoding loop
 (``running.BatchRun`` over ``decoding.KVBatch``) rather than HF ``generate``, because a
@@ -173,10 +173,6 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """The decoding loop's cumulative counters (``DecodeStats``)."""
         return self._stats.as_dict()
-
-    def check(self) -> None:
-        """Health check, for the interface it shares with ``EngineProcess``: an in-process
-        engine is alive while its process is."""
 
     # --- adapters ------------------------------------------------------------------------
     def load_adapter(self, ref: AdapterRef) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmvm_ray.config import ModelConfig
 from llmvm_ray.engine import (
     AdapterRef,
+    EngineClient,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
     StreamDelta,
 )
 from llmvm_ray.engine.inbox import RequestInbox
+from llmvm_ray.errors import InvalidRequestError
 
 
 def model_config(path: Path, **overrides: Any) -> ModelConfig:
@@ -122,3 +128,29 @@ class JoinRun:
     def _reject(self, request_id: str, error: Exception) -> None:
         self.rejected[request_id] = error
         self._settled()
+
+
+def serve_through(client: EngineClient, engine: Any) -> dict[str, Any]:
+    """Serve a chat request, a streamed one and an invalid one through ``client``, check each
+    against ``engine`` alone, and return the client's ``info()``."""
+    messages = [{"role": "user", "content": "hi"}]
+    chat, streamed, bad = req("chat", seed=1), req("streamed", seed=2), req("bad", n=0)
+
+    async def main() -> tuple[GenerationResult, list[Any], dict[str, int], list[str]]:
+        result = await client.generate(chat, messages)
+        events = [event async for event in client.stream(streamed)]
+        with pytest.raises(InvalidRequestError) as error:  # before it meets any other
+            await client.generate(bad)
+        assert error.value.param == "n"
+        return result, events, await client.stats(), await client.loaded_adapters()
+
+    result, events, stats, adapters = asyncio.run(main())
+    rendered = dataclasses.replace(chat, prompt=engine.render_chat(messages))
+    assert texts([result]) == texts(engine.generate([rendered]))
+    *deltas, final = events
+    assert texts([final]) == texts(engine.generate([streamed]))
+    assert joined_deltas(deltas) == {("streamed", 0): final.choices[0].text}
+    assert set(stats) == {"steps", "row_steps", "prefills", "prefill_rows"}
+    assert adapters == []
+    client.check()
+    return client.info()

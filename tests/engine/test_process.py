@@ -17,10 +17,19 @@ from pathlib import Path
 import pytest
 
 from llmvm_ray.engine import AdapterRef, Engine, StreamDelta
+from llmvm_ray.engine.batching import BatchedEngine
 from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.process import EngineProcess, _Aborts
 from llmvm_ray.errors import InvalidRequestError, ServiceUnavailableError
-from tests.engine.helpers import JoinRun, joined_deltas, long_sample, model_config, req, texts
+from tests.engine.helpers import (
+    JoinRun,
+    joined_deltas,
+    long_sample,
+    model_config,
+    req,
+    serve_through,
+    texts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +61,15 @@ def test_same_seeded_texts_as_in_process(process: EngineProcess, engine: Engine)
     assert process.count_tokens("Hello world") == engine.count_tokens("Hello world")
     messages = [{"role": "user", "content": "hi"}]
     assert process.render_chat(messages) == engine.render_chat(messages)
+
+
+def test_the_engine_client_over_a_process(
+    process: EngineProcess, engine: Engine, tiny_llama: Path
+) -> None:
+    """Every check a round trip, off the event loop: the same answers and errors."""
+    client = BatchedEngine(process, model_config(Path(tiny_llama)))
+    info = serve_through(client, engine)
+    assert info == {"engine_pid": process.pid, "batches_run": 2, "sequences_run": 2}
 
 
 def test_streamed_deltas_join_into_the_texts(process: EngineProcess) -> None:

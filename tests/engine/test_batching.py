@@ -14,8 +14,10 @@ import time
 
 import pytest
 
+from llmvm_ray.engine import build_engine
+from llmvm_ray.engine.batching import Batcher
 from llmvm_ray.engine.types import Choice, GenerationRequest, GenerationResult, SamplingParams
-from llmvm_ray.serve.batching import Batcher
+from tests.engine.helpers import model_config, serve_through
 
 
 class Recorder:
@@ -159,17 +161,6 @@ def test_a_finished_request_leaves_before_its_batch_ends() -> None:
 # --- continuous batching, with a real engine ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    import torch
-
-    from llmvm_ray.config import ModelConfig
-    from llmvm_ray.engine import Engine
-
-    torch.set_num_threads(1)
-    return Engine(ModelConfig(name="tiny", model_uri=str(tiny_llama), device="cpu"))
-
-
 def sampled(i: int, **params) -> GenerationRequest:
     params = {"max_tokens": 6 + i % 5 * 4, "seed": i, **params}
     return GenerationRequest(f"c{i}", f"client prompt {i} " * (1 + i % 3), SamplingParams(**params))
@@ -239,3 +230,16 @@ def test_an_engine_failure_fails_the_running_batch_and_its_joiners() -> None:
     outcomes = asyncio.run(main())
     assert [str(o) for o in outcomes] == ["engine exploded"] * 2
     batcher.check()
+
+
+def test_the_in_process_engine_client(tiny_llama, engine) -> None:
+    """What the replica holds: requests validated on arrival (the invalid one never ran) and
+    batched; its info entries as the replica reports them."""
+    client = build_engine(model_config(tiny_llama, engine_process="off"))
+    assert client.max_model_len == engine.max_model_len
+    assert serve_through(client, engine) == {
+        "engine_pid": None,
+        "batches_run": 2,
+        "sequences_run": 2,
+    }
+    client.close()

@@ -1,4 +1,5 @@
-"""Batching of generation requests inside one replica.
+"""Batching of generation requests inside one replica: ``Batcher``, and ``BatchedEngine``,
+the ``EngineClient`` that puts a batch-level ``Engine`` (or ``EngineProcess``) behind one.
 
 Why not ``@serve.batch``: it splits batches by multiplexed model id (so a batch would never
 mix adapters) and its streaming mode yields one item per request per step, while the engine
@@ -10,13 +11,11 @@ Requests arriving while a batch runs join it (continuous batching, the default):
 into the running call's ``RequestInbox`` and the engine prefills them and adds them to the
 batch at its next step, up to ``max_batch_size`` rows; the call ends when nothing is left
 (this loop, which sees every result come back, closes the inbox then). Why: a request arriving
-mid-batch starts within a few steps instead of after the batch (a short one 150 ms into a
-batch of long ones: 78 ms instead of 315 ms on 2 CPU cores), and rows freed by finished
-requests are refilled (mixed lengths: 13.9 rows per step instead of 8.7). Its price is a
-prefill forward per group of joiners: with equal lengths in a closed loop at exactly the
-batch size, static batches' best case, it ran 0.87x of static on that CPU (see
-benchmarks/RESULTS.md). With ``continuous=False`` requests arriving while a batch runs form
-the next batch instead.
+mid-batch starts within a few steps instead of after the batch, and rows freed by finished
+requests are refilled. Its price is a prefill forward per group of joiners, which makes it
+a little slower than static batches in their best case, equal lengths in a closed loop at
+exactly the batch size (benchmarks/RESULTS.md, "Continuous vs static batching"). With
+``continuous=False`` requests arriving while a batch runs form the next batch instead.
 
 How long to wait before starting a batch is adaptive. A fixed wait either adds its full delay
 to every lone request or, under load, splits closed-loop clients into two half batches that
@@ -37,9 +36,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from llmvm_ray.engine.inbox import RequestInbox
+from llmvm_ray.engine.process import EngineProcess
+from llmvm_ray.engine.protocol import EngineClient, Messages
 from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
+
+if TYPE_CHECKING:
+    from llmvm_ray.config import ModelConfig
+    from llmvm_ray.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -294,3 +300,84 @@ class Batcher:
             item = by_id.get(result.request_id)
             if item is not None:  # its on_result callback has not been handled yet
                 self._settle(item, result)
+
+
+# Prompts up to this many characters are tokenized on the event loop (~0.3 ms measured).
+_INLINE_PROMPT_CHARS = 500
+
+
+class BatchedEngine(EngineClient):
+    """The ``EngineClient`` of a batch-level engine: an ``Engine`` in this process, or an
+    ``EngineProcess`` running one in a child, behind a ``Batcher``."""
+
+    def __init__(self, engine: Engine | EngineProcess, model_config: ModelConfig) -> None:
+        self._engine = engine
+        self._process = engine if isinstance(engine, EngineProcess) else None
+        self.max_model_len = engine.max_model_len
+        self._batcher = Batcher(
+            engine.generate,
+            max_batch_size=model_config.max_batch_size,
+            wait_s=model_config.batch_wait_timeout_s,
+            continuous=model_config.continuous_batching,
+        )
+
+    async def generate(
+        self, request: GenerationRequest, messages: Messages | None = None
+    ) -> GenerationResult:
+        return await self._batcher.generate(await self._prepared(request, messages))
+
+    async def stream(
+        self, request: GenerationRequest, messages: Messages | None = None
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
+        request = await self._prepared(request, messages)
+        async with contextlib.aclosing(self._batcher.stream(request)) as events:
+            async for event in events:
+                yield event
+
+    async def _prepared(
+        self, request: GenerationRequest, messages: Messages | None
+    ) -> GenerationRequest:
+        """The request validated on arrival (a bad one never fails the batch it would have
+        joined), off the event loop when that can take milliseconds (a grammar to compile, a
+        chat template, a long prompt to tokenize). A short plain prompt is tokenized inline:
+        a thread hop costs more, and it waits for the GIL that the decoding thread holds.
+        With an engine process every check is a round trip: never inline."""
+        if (
+            self._process is None
+            and messages is None
+            and request.params.guided is None
+            and len(request.prompt) <= _INLINE_PROMPT_CHARS
+        ):
+            return self._prepare(request, None)
+        return await asyncio.to_thread(self._prepare, request, messages)
+
+    def _prepare(self, request: GenerationRequest, messages: Messages | None) -> GenerationRequest:
+        if messages is not None:
+            request = dataclasses.replace(request, prompt=self._engine.render_chat(messages))
+        self._engine.validate(request)
+        return request
+
+    async def loaded_adapters(self) -> list[str]:
+        return self._engine.loaded_adapters()
+
+    async def stats(self) -> dict[str, int]:
+        if self._process is None:
+            return self._engine.stats()
+        return await asyncio.to_thread(self._process.stats)  # a round trip: off the loop
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine_pid": None if self._process is None else self._process.pid,
+            "batches_run": self._batcher.batches_run,
+            "sequences_run": self._batcher.sequences_run,
+        }
+
+    def check(self) -> None:
+        """The batch loop and the engine process (if any) are alive."""
+        self._batcher.check()
+        if self._process is not None:
+            self._process.check()
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.close()
