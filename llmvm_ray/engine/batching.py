@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.engine.process import EngineProcess
 from llmvm_ray.engine.protocol import EngineClient, Messages
-from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
 
 if TYPE_CHECKING:
     from llmvm_ray.config import ModelConfig
@@ -324,18 +324,18 @@ class BatchedEngine(EngineClient):
     async def generate(
         self, request: GenerationRequest, messages: Messages | None = None
     ) -> GenerationResult:
-        return await self._batcher.generate(await self._prepared(request, messages))
+        return await self._batcher.generate(await self.validate(request, messages))
 
     async def stream(
         self, request: GenerationRequest, messages: Messages | None = None
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
-        request = await self._prepared(request, messages)
+        request = await self.validate(request, messages)
         async with contextlib.aclosing(self._batcher.stream(request)) as events:
             async for event in events:
                 yield event
 
-    async def _prepared(
-        self, request: GenerationRequest, messages: Messages | None
+    async def validate(
+        self, request: GenerationRequest, messages: Messages | None = None
     ) -> GenerationRequest:
         """The request validated on arrival (a bad one never fails the batch it would have
         joined), off the event loop when that can take milliseconds (a grammar to compile, a
@@ -356,6 +356,13 @@ class BatchedEngine(EngineClient):
             request = dataclasses.replace(request, prompt=self._engine.render_chat(messages))
         self._engine.validate(request)
         return request
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        # It waits for a decoding step boundary while a batch runs: off the event loop.
+        await asyncio.to_thread(self._engine.load_adapter, adapter)
+
+    async def unload_adapter(self, name: str) -> None:
+        await asyncio.to_thread(self._engine.unload_adapter, name)
 
     async def loaded_adapters(self) -> list[str]:
         return self._engine.loaded_adapters()

@@ -4,8 +4,9 @@ The replica holds one and knows nothing of how it schedules: ``batching.BatchedE
 batches requests for our batch-level ``Engine`` (or ``EngineProcess``); an engine with its
 own scheduler (vLLM's ``AsyncLLM``) would implement this directly, and ``build_engine``
 would choose it, touching neither serve/ nor the optimizer. Hence async and per request, as
-vLLM's ``EngineClient`` and Ray Serve LLM's ``LLMEngine``. Adapters need no methods here: a
-request names its adapter and the engine loads it on demand.
+vLLM's ``EngineClient`` and Ray Serve LLM's ``LLMEngine``. A request names its adapter and
+the engine loads it on demand; ``load_adapter`` / ``unload_adapter`` are for loading ahead
+of traffic and freeing memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmvm_ray.engine.types import GenerationRequest, GenerationResult, StreamDelta
+from llmvm_ray.engine.types import AdapterRef, GenerationRequest, GenerationResult, StreamDelta
 
 Messages = list[dict[str, str]]
 
@@ -41,6 +42,21 @@ class EngineClient(ABC):
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
         """The request's deltas as they decode, then its result. Closing the iterator early
         (the client went away) aborts the request."""
+
+    @abstractmethod
+    async def validate(
+        self, request: GenerationRequest, messages: Messages | None = None
+    ) -> GenerationRequest:
+        """The request as it will run (chat rendered), or ``InvalidRequestError`` naming the
+        field. ``generate`` and ``stream`` call it themselves."""
+
+    @abstractmethod
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Load ``adapter`` now (evicting the least recently used one beyond the limit)."""
+
+    @abstractmethod
+    async def unload_adapter(self, name: str) -> None:
+        """Free adapter ``name`` once no running row uses it (idempotent)."""
 
     @abstractmethod
     async def loaded_adapters(self) -> list[str]:

@@ -197,3 +197,32 @@ def test_adapter_events_reach_the_hook(tiny_llama: Path, lora_adapters: dict[str
         ("load", 2),
         ("unload", 1),
     ]
+
+
+def test_the_engine_client_loads_and_unloads_adapters_ahead_of_traffic(
+    tiny_llama: Path, lora_adapters: dict[str, Path]
+) -> None:
+    """The contract's adapter calls: loaded before any request names it, the text the same
+    as an on-demand load's, freed again."""
+    import asyncio
+
+    from llmvm_ray.engine import build_engine
+
+    client = build_engine(model_config(tiny_llama, engine_process="off"))
+    alpha = ref(lora_adapters, "alpha")
+
+    async def main() -> tuple[list[str], str, list[str]]:
+        await client.load_adapter(alpha)
+        loaded = await client.loaded_adapters()
+        result = await client.generate(req("a", seed=3, adapter=alpha))
+        await client.unload_adapter("alpha")
+        await client.unload_adapter("alpha")  # idempotent
+        return loaded, result.choices[0].text, await client.loaded_adapters()
+
+    loaded, text, after = asyncio.run(main())
+    client.close()
+    fresh = build_engine(model_config(tiny_llama, engine_process="off"))
+    on_demand = asyncio.run(fresh.generate(req("b", seed=3, adapter=alpha)))
+    fresh.close()
+    assert loaded == ["alpha"] and after == []
+    assert text == on_demand.choices[0].text
