@@ -31,7 +31,8 @@ def ray_environment(config: RayConfig) -> dict[str, str]:
         # ...except that handles keep their router on its own loop (Ray's default): that mode
         # binds a handle to the event loop that first uses it, so a handle fails from sync
         # code ("No event loop running") and at serve.shutdown() once that loop has closed
-        # (measured in our tests). Costs ~0.1 ms per call in the ingress.
+        # (measured in our tests). It costs a little per call in the ingress
+        # (benchmarks/RESULTS.md, "Figures behind design choices").
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(config.serve_drain_s),
     }

@@ -23,31 +23,11 @@ ISO date: the base has seen every ingredient but not the ``date`` task's mapping
 ``STUDENT_LORA_RECIPE`` holds the ``TrainConfig`` overrides measured to distil ``date`` into
 that base; ``distill_check`` runs the same fine-tune in process (tokenization, loss,
 optimizer and schedule of ``llmvm_ray.train``) and measures held-out exact match.
-``python -m llmvm_ray.dev.student [--random-base]`` reproduces the table below (1 torch
-thread, 3 data seeds per N, 200 held-out inputs, ~10 min).
-
-Measured 2026-11-25, 2-core shared CPU, ``date``, prompts without the instruction,
-completions = true targets, held-out exact match for data seeds 0 / 1 / 2. A base takes
-42 s wall / 30 s CPU to build on one thread; training = the 600 optimizer steps, 12 s CPU
-whatever N (loading and evaluation not included):
-
-| base | N = 32 | N = 64 | N = 128 | N = 256 |
-|---|---|---|---|---|
-| pretrained, seed 0 | .92 .85 .925 | 1 1 1 | 1 1 1 | 1 1 1 |
-| pretrained, seed 1 | .245 .095 .03 | 1 .96 .99 | 1 1 1 | 1 1 1 |
-| pretrained, seed 2 | .80 (seed 0 only) | 1 .985 .995 | 1 (seed 0 only) | not run |
-| untrained (random) | .235 .44 .135 | .615 .875 .84 | .805 .82 1 | .725 .72 .87 |
-
-- N >= 64 is needed for >= 95 %. N = 32 is unreliable: in about half of the 32-example sets
-  some month never occurs, and few examples teach the digit copying poorly.
-- Pretraining matters with this recipe: the random base stays below 90 % on average.
-- LoRA on every linear layer (``LORA_ALL_LINEAR``, MLP included, 400 steps) was measured
-  too and rejected: the adapter is then expressive enough to learn ``date`` on the random
-  base (.94-1 at N = 64, 1 at N >= 128), but on the pretrained seed-1 base it reached only
-  .2-.7 at N = 64 (seed-0 base: 1 1 1), presumably fitting the MLPs instead of using the
-  base's copying.
-- Through ``FinetuneService`` (Ray Train, 1 worker, the run holds 10 % of the rows out):
-  N = 64 -> .985 held-out (12.7 s of training, 24 s per run), N = 256 -> 1.0 (13.3 s).
+``python -m llmvm_ray.dev.student [--random-base]`` reproduces the measurements behind it
+(benchmarks/RESULTS.md, "Figures behind design choices": the student recipe). In short:
+N >= 64 teacher examples give >= 95 % held-out exact match (N = 32 is unreliable: some month
+is often missing); pretraining matters (a random base stays below 90 %); LoRA on the
+attention projections beats LoRA on every linear layer on a pretrained base.
 """
 
 from __future__ import annotations
@@ -64,12 +44,12 @@ from typing import Any
 from llmvm_ray.dev.tasks import Task, get_task
 
 STUDENT_HIDDEN_SIZE = 128
-"""Hidden size of the student base, the teacher's. A hidden-64 base pretrained as long gave
-3-26 % after LoRA where 128 gave 95-98 % (an early, less stable LoRA setting)."""
+"""Hidden size of the student base, the teacher's: a hidden-64 base learned far less after
+LoRA (benchmarks/RESULTS.md, "Figures behind design choices")."""
 STUDENT_NUM_LAYERS = 2
 STUDENT_PRETRAIN_STEPS = 300
-"""Pretraining steps ``make_student_base`` takes by default: batch 32, ~26-30 s of CPU on one
-thread (30-60 s wall on a busy shared machine). The LM loss falls from ~5.9 to ~1.0."""
+"""Pretraining steps ``make_student_base`` takes by default (batch 32; about half a minute of
+one CPU thread, benchmarks/RESULTS.md, "Figures behind design choices")."""
 STUDENT_PRETRAIN_BATCH_SIZE = 32
 STUDENT_PRETRAIN_LR = 3e-3
 
@@ -93,11 +73,10 @@ STUDENT_LORA_RECIPE: dict[str, Any] = {
 
 Held-out exact match >= 95 % from N >= 64 teacher examples (module docstring). Why each
 value: LoRA on the attention projections, rank 16 of hidden 128 (the base already copies
-and knows months; the adapter routes); dropout 0.2 (without it small sets are memorised:
-100 % on the 32 training rows, ~25 % held out); lr 2e-3 constant after 10 warm-up steps
-(``llmvm_ray.train`` has no decay; at 5e-3 the loss rose again after ~500 steps and accuracy
-collapsed, at 1e-3 it learned too slowly); a fixed step budget (600, batch 16) so the cost
-does not grow with N. PEFT mixed-adapter batches
+and knows months; the adapter routes); dropout 0.2 (without it small sets are memorised);
+lr 2e-3 constant after 10 warm-up steps (a higher rate diverged late, a lower one learned too
+slowly; benchmarks/RESULTS.md, "Figures behind design choices"); a fixed step budget (600,
+batch 16) so the cost does not grow with N. PEFT mixed-adapter batches
 (``generate(..., adapter_names=[...])``) work with these adapters (tested). ``batch_size``
 is per worker: with 2 workers the effective batch doubles (not measured).
 """

@@ -44,9 +44,10 @@ CHAT_TEMPLATE = (
 )
 
 TEACHER_HIDDEN_SIZE = 128
-"""Hidden size ``make_teacher`` uses. Measured on 2 CPU cores: at 64 the date task was at
-1-11 % after 100-150 steps where 128 was at 100 %; 4 x 256 is slower to the same accuracy
-(shared/ENVIRONMENT.md). Untrained models default to 64: faster, and accuracy is moot."""
+"""Hidden size ``make_teacher`` uses: 64 learns the date task far more slowly
+(benchmarks/RESULTS.md, "Figures behind design choices") and 4 x 256 is slower to the same
+accuracy (shared/ENVIRONMENT.md). Untrained models default to 64: faster, and accuracy is
+moot."""
 
 # Fixed extra text for the tokenizer corpus. Its words are known words, but BPE merges need
 # a pair seen twice, so only those that recur in the corpus become whole tokens. Changing
@@ -183,8 +184,9 @@ def _build_tokenizer(vocab_size: int, tasks: Sequence[Task], seed: int) -> Any:
     space, and splits everything else into single characters, so BPE merges only ever form
     inside known words. Unknown strings and every number are therefore spelled character by
     character. That is deliberate: with ordinary BPE a 2-layer model could not learn to
-    reverse random words at all in 500 steps (merges like "zk" hide the letters), while
-    per-character digits and letters let it learn date, reverse and sort in seconds.
+    reverse random words (merges like "zk" hide the letters; benchmarks/RESULTS.md,
+    "Figures behind design choices"), while per-character digits and letters let it learn
+    date, reverse and sort in seconds.
     Bytes are the base alphabet, so any string still encodes.
     """
     from tokenizers import (

@@ -57,8 +57,8 @@ def build_engine(
     from llmvm_ray.engine.process import EngineProcess
 
     # torch's default of one thread per core thrashes as soon as anything else shares the
-    # cores (measured: a 16-row batch 25 ms with 1 thread, 8.7 s with 2 under load); use
-    # the CPUs this replica reserved. (The engine process does the same.)
+    # cores (benchmarks/RESULTS.md, "Figures behind design choices"); use the CPUs this
+    # replica reserved. (The engine process does the same.)
     torch.set_num_threads(max(1, int(model_config.num_cpus)))
     mode = model_config.engine_process
     if mode == "auto":

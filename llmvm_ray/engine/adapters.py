@@ -2,8 +2,9 @@
 
 The base model is wrapped in ONE ``PeftModel`` holding every loaded adapter; ``generate``
 then gets ``adapter_names=[...]`` with one entry per row (``"__base__"`` for base rows), so a
-batch mixes adapters freely and every row matches running alone (measured 8/8; a mixed batch
-was 1.6x faster than grouping by adapter). Nobody calls ``set_adapter`` on the shared model.
+batch mixes adapters freely and every row matches running alone, and a mixed batch is faster
+than grouping by adapter (shared/ENVIRONMENT.md, "Batching, seeds, adapters"). Nobody calls
+``set_adapter`` on the shared model.
 
 At most ``max_loaded`` adapters stay in memory; the least recently used one goes when a new
 one is needed. Adapters are addressed by name; the same name with a different path is

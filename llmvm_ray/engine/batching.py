@@ -20,8 +20,8 @@ exactly the batch size (benchmarks/RESULTS.md, "Continuous vs static batching").
 How long to wait before starting a batch is adaptive. A fixed wait either adds its full delay
 to every lone request or, under load, splits closed-loop clients into two half batches that
 alternate forever (the clients of the running batch are still travelling back through the
-proxy when the next batch starts): measured at concurrency 16, a fixed 10 ms wait ran batches
-of 8 rows. So the batcher remembers the concurrency it has seen lately (rows running plus
+proxy when the next batch starts; benchmarks/RESULTS.md, "Figures behind design choices").
+So the batcher remembers the concurrency it has seen lately (rows running plus
 rows waiting, the peak over the last ``window_s``) and waits — at most ``wait_s`` — only until
 that many rows are waiting. A lone client never waits; a steady crowd fills whole batches.
 Nothing here imports Ray: it is tested with a plain asyncio loop.
@@ -302,7 +302,8 @@ class Batcher:
                 self._settle(item, result)
 
 
-# Prompts up to this many characters are tokenized on the event loop (~0.3 ms measured).
+# Prompts up to this many characters are tokenized on the event loop (a fraction of a ms,
+# less than a thread hop: benchmarks/RESULTS.md, "Figures behind design choices").
 _INLINE_PROMPT_CHARS = 500
 
 

@@ -60,7 +60,8 @@ def _param_for(spec: GuidedSpec) -> str:
 class Guidance:
     """Per-engine guided-output state: the llguidance tokenizer and a grammar cache.
 
-    The ``LLTokenizer`` is built once, on first use (about 1 s for a 100k vocabulary).
+    The ``LLTokenizer`` is built once, on first use (it takes a while for a large vocabulary:
+    benchmarks/RESULTS.md, "Figures behind design choices").
     Thread-safe: ``compile`` may run in request threads while a batch decodes.
     """
 
@@ -198,7 +199,8 @@ class GuidedRows:
         matchers = [self._matchers[rows[i]] for i in at]
         bitmask = torch.zeros((len(at), self._words), dtype=torch.int32)
         # What llguidance.torch.fill_next_token_bitmask_par does; that module is not imported
-        # because importing it runs a torch.compile decorator (~0.7 s of dynamo start-up).
+        # because importing it runs a torch.compile decorator (dynamo start-up; see
+        # benchmarks/RESULTS.md, "Figures behind design choices").
         self._executor.unsafe_compute_mask_ptr(
             [(matcher, i) for i, matcher in enumerate(matchers)],
             bitmask.data_ptr(),

@@ -5,10 +5,10 @@ processors), and on a GPU it is *only* Python: the kernels are tiny and asynchro
 thread that launches them holds the GIL almost all the time. In a Serve replica the same GIL
 also runs the replica's request handling (Ray task receipt and serialization, Serve's
 bookkeeping, our validation), and every request's handling then stalls the decoding thread.
-Measured on an H200 with an 8 x 1024 tiny model at concurrency 16: Serve answered 0.68x the
-requests/s of the same engine in-process. vLLM splits its API server and engine core into two
-processes for the same reason. Here the replica keeps its event loop and batcher, and the
-child process does nothing but run the engine.
+Measured on an H200, Serve answered about two thirds of the requests/s of the same engine
+in-process (benchmarks/RESULTS.md, "On a GPU (issue 2 §8)"). vLLM splits its API server and
+engine core into two processes for the same reason. Here the replica keeps its event loop
+and batcher, and the child process does nothing but run the engine.
 
 The two sides talk over a private socket pair (``multiprocessing.connection`` framing,
 pickled tuples). Parent to child: ``(kind, call_id, args)``. Child to parent:

@@ -191,8 +191,9 @@ class BatchRun:
         """Whether the waiting requests join the running rows at this step.
 
         Each join costs a prefill forward of its own, with a fixed cost of about a whole
-        decoding step (measured: 119 one- and two-row joins instead of 16 full batches cost
-        a closed loop of 16 clients a fifth of its throughput on CPU). So joiners gather
+        decoding step (joining every arrival at once cost a closed loop of 16 clients a
+        fifth of its throughput: benchmarks/RESULTS.md, "Figures behind design choices").
+        So joiners gather
         until they are ``join_ratio`` of the running rows, or the oldest has waited
         ``join_wait_steps`` steps."""
         rows = sum(item.request.params.n for item in waiting)

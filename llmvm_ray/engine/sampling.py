@@ -171,11 +171,12 @@ class RowSampler:
     ) -> dict[int, int]:
         """Top-p draws for rows ``at`` (positions in ``rows``), without sorting the vocabulary.
 
-        Sorting 128k probabilities cost ~10 ms per row on one CPU core. A language model's
-        nucleus almost always lies among its few hundred most likely tokens, so the nucleus is
-        first looked for in a ``topk`` (batched, ~0.3 ms per row); a row whose nucleus is wider
-        gets a threshold bisection over its whole vocabulary (~3 ms at 128k). Both give the
-        same set of tokens (up to ties); which one a row takes depends on that row alone.
+        Sorting a large vocabulary's probabilities costs milliseconds per row on a CPU. A
+        language model's nucleus almost always lies among its few hundred most likely tokens,
+        so the nucleus is first looked for in a ``topk`` (batched, far cheaper); a row whose
+        nucleus is wider gets a threshold bisection over its whole vocabulary (figures:
+        benchmarks/RESULTS.md, "Figures behind design choices"). Both give the same set of
+        tokens (up to ties); which one a row takes depends on that row alone.
         """
         device = probs.device
         index = torch.tensor(at, device=device)

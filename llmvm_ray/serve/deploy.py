@@ -33,8 +33,8 @@ class ServiceRunner:
         In Serve's throughput-optimized mode (``ray.serve_throughput_optimized``, the default
         for a local Ray) every ingress replica also runs its own HTTP server on a port Serve
         allocates (30000-30999 unless ``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT`` / ``MAX``
-        say otherwise). Measured at concurrency 16 on 2 cores, this path serves 1.2-1.3x the
-        requests/s of the proxy at ``url`` (benchmarks/RESULTS.md). Serve publishes these
+        say otherwise). It serves more requests/s than the proxy at ``url`` under load
+        (benchmarks/RESULTS.md, "Serving"). Serve publishes these
         ports only through its controller (the list its HAProxy balances over), which has no
         public API yet: an empty list means the mode is off or the ports could not be read.
         """
