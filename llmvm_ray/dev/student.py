@@ -290,13 +290,14 @@ def distill_check(
     ``adapter_dir`` saves the adapter PEFT-style.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmvm_ray.config import TrainConfig
     from llmvm_ray.dev.tasks import make_examples
     from llmvm_ray.dev.tiny import evaluate, fit
     from llmvm_ray.train.data import collate, encode, steps_per_epoch
+    from llmvm_ray.train.spec import lora_config
 
     task = get_task(task) if isinstance(task, str) else task
     params = TrainConfig.model_validate(
@@ -323,16 +324,7 @@ def distill_check(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type="CAUSAL_LM",
-                r=params.lora_r,
-                lora_alpha=params.lora_alpha,
-                lora_dropout=params.lora_dropout,
-                target_modules=params.lora_target_modules,
-            ),
-        )
+        model = get_peft_model(model, lora_config(params))
         started, cpu_started = time.perf_counter(), time.process_time()
         loss_value = fit(model, batches().__next__, params, steps=total, seed=None)
         train_seconds = time.perf_counter() - started

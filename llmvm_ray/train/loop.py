@@ -25,7 +25,7 @@ from llmvm_ray.store.fs import Storage
 from llmvm_ray.train.control import WorkerControl
 from llmvm_ray.train.data import collate, encode, shard, split_rows, steps_per_epoch
 from llmvm_ray.train.evaluate import evaluate_shard, summarize
-from llmvm_ray.train.spec import RunSpec
+from llmvm_ray.train.spec import RunSpec, lora_config
 from llmvm_ray.train.strategy import Strategy, build_strategy, read_state, write_state
 
 logger = logging.getLogger("llmvm_ray.train")
@@ -161,18 +161,9 @@ def _load_model(spec: RunSpec) -> tuple[Any, torch.nn.Module]:
     torch.manual_seed(p.seed)  # identical LoRA init on every rank
     model = AutoModelForCausalLM.from_pretrained(spec.base_model_path, dtype=torch.float32)
     if p.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type="CAUSAL_LM",
-                r=p.lora_r,
-                lora_alpha=p.lora_alpha,
-                lora_dropout=p.lora_dropout,
-                target_modules=p.lora_target_modules,
-            ),
-        )
+        model = get_peft_model(model, lora_config(p))
     return tokenizer, model
 
 

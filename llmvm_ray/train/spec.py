@@ -8,10 +8,25 @@ data or with other settings than the run that was registered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llmvm_ray.config import TrainConfig
 
 SUPERVISOR_PREFIX = "llmvm-ft-"
+
+
+def lora_config(p: TrainConfig) -> Any:
+    """PEFT's ``LoraConfig`` for a LoRA run of these parameters (the Ray Train loop's and
+    ``dev.student.distill_check``'s, so the in-process check trains what a run trains)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=p.lora_target_modules,
+    )
 
 
 def supervisor_name(run_id: str) -> str:
