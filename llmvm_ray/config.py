@@ -140,6 +140,10 @@ class ServeConfig(Section):
     )
     ingress_num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
     ingress_replicas: int = Field(1, ge=1, description="Ingress (HTTP API) replicas.")
+    check_fits: bool = Field(
+        True,
+        description="Refuse apps needing more CPUs/GPUs than the cluster has (off: autoscaling).",
+    )
 
 
 class RayConfig(Section):
@@ -437,6 +441,9 @@ class TrainQueueConfig(Section):
     reject_impossible: bool = Field(
         True,
         description="Refuse runs needing more than the whole cluster has (off for autoscaling).",
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="How long creating a run waits for its supervisor to start."
     )
 
 

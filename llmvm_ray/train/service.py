@@ -102,17 +102,21 @@ class FinetuneService:
             origin=origin,
             metadata=dict(metadata or {}),
         )
+        import ray
+
         registry = self.registry
         registry.create(run)
         try:
             supervisor = self._launch(spec, detached)
+            registry.attach(run_id, spec.supervisor)
+            if not detached:
+                self._owned[run_id] = supervisor
+            # Waited for: the run is under way in its supervisor before this returns,
+            # whatever the caller does next (a CLI exits at once).
+            ray.get(supervisor.start.remote(), timeout=self._config.train_queue.start_timeout_s)
         except Exception as exc:
             registry.finish(run_id, "FAILED", {"error": f"could not start its supervisor: {exc}"})
             raise
-        registry.attach(run_id, spec.supervisor)
-        if not detached:
-            self._owned[run_id] = supervisor
-        supervisor.run.remote()
         return registry.get(run_id)
 
     def _params(self, overrides: Mapping[str, Any] | None) -> TrainConfig:

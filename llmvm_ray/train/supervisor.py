@@ -64,6 +64,7 @@ class RunSupervisor:
         self._result: tuple[dict[str, float], str | None] | None = None
         self._fit_ref: Any = None
         self._hard_stopped = False
+        self._runner: threading.Thread | None = None
 
     # -- called by the training workers (see control.py) -----------------------------------
 
@@ -118,6 +119,21 @@ class RunSupervisor:
             }
 
     # -- the run ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Drive the run in a thread of this actor's own and return at once (idempotent).
+
+        Why not one actor call lasting the whole run: a call belongs to its caller, and a
+        caller that exits at once (``llmvm finetune start`` without ``--wait``) took it
+        along, leaving the run QUEUED forever. The creator waits for this call instead, so
+        the run is under way before it returns.
+        """
+        with self._lock:
+            if self._runner is None:
+                self._runner = threading.Thread(
+                    target=self.run, name=f"run-{self._spec.run_id}", daemon=True
+                )
+                self._runner.start()
 
     def run(self) -> str:
         """Drive the run to its end, record the terminal status, then exit the actor."""
@@ -324,11 +340,17 @@ class RunSupervisor:
                 self.cancel()
 
     def _exit(self) -> None:
+        """End this actor once its run is recorded: a detached one would otherwise stay.
+
+        ``__ray_terminate__`` lets calls in flight finish first. (``exit_actor`` only works
+        from inside an actor call, and the run has its own thread.)"""
         import ray
 
-        # exit_actor raises SystemExit inside an actor; outside one (unit tests) a TypeError.
-        with contextlib.suppress(Exception):
-            ray.actor.exit_actor()
+        try:
+            me = ray.get_runtime_context().current_actor
+        except RuntimeError:  # not inside an actor (unit tests)
+            return
+        me.__ray_terminate__.remote()
 
 
 def _describe(error: BaseException) -> str:
