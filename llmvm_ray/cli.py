@@ -19,7 +19,7 @@ from rich.console import Console
 
 from llmvm_ray.agents.cli import agent_app
 from llmvm_ray.config import Config, load_config, render_reference
-from llmvm_ray.errors import ConfigError
+from llmvm_ray.errors import ConfigError, DeployError
 from llmvm_ray.synthesis.cli import synth_app
 from llmvm_ray.train.cli import finetune_app
 
@@ -115,7 +115,15 @@ def serve(
     from llmvm_ray.serve.deploy import ServiceRunner
 
     stop = _install_stop_handlers()
-    with ServiceRunner(cfg) as runner:
+    runner = ServiceRunner(
+        cfg, echo=lambda line: console.print(line, markup=False), should_stop=stop.is_set
+    )
+    try:
+        runner.start()
+    except (ConfigError, DeployError) as exc:
+        console.print(f"[red]{exc.message}[/red]", highlight=False)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    try:
         if not stop.is_set():
             console.print(f"[green]llmvm is serving[/green] at {runner.url}")
             for url in runner.direct_urls():
@@ -127,6 +135,8 @@ def serve(
         while not stop.wait(0.5):
             pass
         console.print("shutting down...")
+    finally:
+        runner.stop()
 
 
 def _install_stop_handlers() -> threading.Event:

@@ -67,3 +67,10 @@ class ConfigError(LLMVMError):
 
     status = 500
     type = "config_error"
+
+
+class DeployError(LLMVMError):
+    """The Serve app did not become healthy (a replica failed to start, or time ran out)."""
+
+    status = 503
+    type = "deploy_error"

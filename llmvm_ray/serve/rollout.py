@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmvm_ray.config import Config
+from llmvm_ray.errors import ConfigError
 from llmvm_ray.ray_private import delete_app_nowait
 
 # Exit codes of the deploy job, shared with its tests and docs.
@@ -52,14 +53,58 @@ def app_url(config: Config) -> str:
 
 
 def describe_app(app: Any) -> str:
-    """One progress line: the app's status and each deployment's replica states."""
+    """One progress line: the app's status and each deployment's replica states, then why a
+    deployment is not yet healthy when Serve says (waiting for resources, a replica failing
+    to start: its message names the resources or the error)."""
     parts = [str(getattr(app.status, "value", app.status))]
+    reasons = []
     for name, dep in sorted(app.deployments.items()):
         states = ", ".join(
             f"{getattr(k, 'value', k)} {v}" for k, v in sorted(dep.replica_states.items())
         )
-        parts.append(f"{name}: {getattr(dep.status, 'value', dep.status)} ({states or '-'})")
-    return " | ".join(parts)
+        status = getattr(dep.status, "value", dep.status)
+        parts.append(f"{name}: {status} ({states or '-'})")
+        if dep.message and status != "HEALTHY":
+            reasons.append(f"  {name}: {dep.message}")
+    return "\n".join([" | ".join(parts), *reasons])
+
+
+def resources_needed(config: Config) -> dict[str, float]:
+    """CPUs and GPUs the app's replicas reserve at their minimum scale."""
+    need = {"CPU": config.serve.ingress_replicas * config.serve.ingress_num_cpus, "GPU": 0.0}
+    for m in config.models:
+        replicas = m.autoscaling.min_replicas if m.autoscaling else m.num_replicas
+        need["CPU"] += replicas * m.num_cpus
+        need["GPU"] += replicas * m.num_gpus
+    return need
+
+
+def check_fits(config: Config, cluster: dict[str, float]) -> None:
+    """Refuse an app whose replicas could never all be placed on ``cluster`` (its total
+    resources): Serve would wait for them forever, silently."""
+    need = resources_needed(config)
+    short = {k: v for k, v in need.items() if v > cluster.get(k, 0.0) + 1e-9}
+    if not short:
+        return
+    kind = next(iter(short))
+    per_model = ", ".join(
+        f"{m.name} {m.autoscaling.min_replicas if m.autoscaling else m.num_replicas} x "
+        f"{m.num_cpus if kind == 'CPU' else m.num_gpus:g}"
+        for m in config.models
+    )
+    ingress = ""
+    if kind == "CPU":
+        s = config.serve
+        ingress = f" + ingress {s.ingress_replicas} x {s.ingress_num_cpus:g}"
+    setting = "num_cpus" if kind == "CPU" else "num_gpus"
+    more = "ray.num_cpus for a local Ray, `ray start --num-cpus`" if kind == "CPU" else "GPUs"
+    raise ConfigError(
+        f"the app needs {need[kind]:g} {kind}s ({per_model}{ingress}) but the cluster has "
+        f"{cluster.get(kind, 0.0):g}: lower models[].{setting} (e.g. 0.5 per model in the "
+        f"config file), serve the models on fewer replicas, or give Ray more ({more}); "
+        "serve.check_fits = false skips this check (autoscaling clusters)",
+        param=f"models.{setting}",
+    )
 
 
 def _app_status(name: str) -> Any | None:
@@ -81,6 +126,7 @@ def rollout(
     deleted again; an update is left to converge (Serve keeps the old replicas serving until
     the new ones are healthy, and there is no earlier target to return to).
     """
+    import ray
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -88,6 +134,8 @@ def rollout(
 
     s = config.serve
     app = build_app(config)
+    if s.check_fits:
+        check_fits(config, ray.cluster_resources())
     before = _app_status(s.app_name)
     echo(
         f"{'updating' if before is not None else 'deploying'} app {s.app_name!r} "
