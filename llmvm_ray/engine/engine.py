@@ -20,6 +20,7 @@ do not wait for a running batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -109,6 +110,16 @@ class Engine:
         if request.adapter is not None:
             self._adapters.check(request.adapter)
         prompt_ids = encode_prompt(self._loaded.tokenizer, request.prompt)
+        room = self.max_model_len - len(prompt_ids)
+        if params.fit_max_tokens and params.max_tokens > room:
+            if room < 1:
+                raise InvalidRequestError(
+                    f"the prompt has {len(prompt_ids)} tokens: it fills the model's context "
+                    f"length of {self.max_model_len}",
+                    param="prompt",
+                )
+            params = dataclasses.replace(params, max_tokens=room)
+            request = dataclasses.replace(request, params=params)
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_ids)} tokens; with max_tokens {params.max_tokens} "

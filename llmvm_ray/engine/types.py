@@ -54,7 +54,9 @@ class SamplingParams:
     ``frequency_penalty`` (OpenAI's, -2 to 2) lower the logit of every token the choice has
     already generated, once / once per occurrence (the prompt's tokens are not counted, as
     in OpenAI's and vLLM's). ``logit_bias`` adds ``(token id, bias)`` pairs (-100 to 100) to
-    the logits at every step.
+    the logits at every step. With ``fit_max_tokens`` (the request named no ``max_tokens``)
+    ``max_tokens`` is a cap: the engine lowers it to what fits in the context after the
+    prompt, as vLLM does, instead of refusing the request.
     """
 
     max_tokens: int = 16
@@ -67,6 +69,7 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     guided: GuidedSpec | None = None
+    fit_max_tokens: bool = False
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,11 @@ class TaskSpec:
         )
 
     def sampling(self, seed: int | None) -> SamplingParams:
-        """The task's generation settings for one call (gate, synthesis answers)."""
+        """The task's generation settings for one call (gate, synthesis answers). Its
+        ``max_tokens`` is a cap: the task's own requests were accepted with it."""
         return SamplingParams(
             max_tokens=self.max_tokens,
+            fit_max_tokens=True,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=self.stop,

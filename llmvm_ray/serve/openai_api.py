@@ -69,7 +69,9 @@ def sampling_params(
     fields: SamplingFields | CompleteRequest, default_max_tokens: int, seed: int
 ) -> SamplingParams:
     """A request's generation settings. LLM-VM's ``/v1/complete`` has no penalties,
-    ``logit_bias`` or ``n``: they keep their neutral values."""
+    ``logit_bias`` or ``n``: they keep their neutral values. A request that names no
+    ``max_tokens`` gets what fits in the model's context, at most ``default_max_tokens``
+    (vLLM's rule; OpenAI's clients often leave it out)."""
     extra: dict[str, Any] = {}
     if isinstance(fields, SamplingFields):
         extra = {
@@ -80,6 +82,8 @@ def sampling_params(
         }
     return SamplingParams(
         max_tokens=fields.max_tokens or default_max_tokens,
+        # Without max_tokens a request gets what fits in the context, up to the default.
+        fit_max_tokens=fields.max_tokens is None,
         temperature=fields.temperature,
         top_p=fields.top_p,
         stop=tuple(fields.stop_list()),

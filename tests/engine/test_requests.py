@@ -62,6 +62,23 @@ def test_context_limit_is_exact(engine: Engine) -> None:
         engine.validate(req("too-long", max_tokens=room + 1))
 
 
+def test_without_max_tokens_a_request_gets_what_fits(engine: Engine) -> None:
+    """vLLM's rule for a request that named no max_tokens: the default is a cap, lowered to
+    the room the prompt leaves; a prompt that fills the context is refused naming it."""
+    prompt_tokens = engine.count_tokens("Hello world")
+    room = engine.max_model_len - prompt_tokens
+    capped = req("fit", max_tokens=room + 50, fit_max_tokens=True, temperature=0.0)
+    assert engine.validate(capped) == prompt_tokens
+    [result] = engine.generate([capped])
+    assert result.choices[0].completion_tokens <= room
+    within = req("cap", max_tokens=3, fit_max_tokens=True, temperature=0.0)
+    assert engine.generate([within])[0].choices[0].completion_tokens <= 3
+    huge = "Hello world " * engine.max_model_len
+    with pytest.raises(InvalidRequestError) as info:
+        engine.validate(req("full", huge, max_tokens=4, fit_max_tokens=True))
+    assert info.value.param == "prompt"
+
+
 def test_validate_returns_prompt_tokens(engine: Engine) -> None:
     assert engine.validate(req("x", "Hello world")) == engine.count_tokens("Hello world")
     assert engine.model_name == "tiny"
