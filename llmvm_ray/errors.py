@@ -10,18 +10,22 @@ from __future__ import annotations
 
 
 class LLMVMError(Exception):
-    """Base class. ``status`` is the HTTP status the edge answers with."""
+    """Base class. ``status`` is the HTTP status the edge answers with; ``retry_after_s``,
+    when set, its ``Retry-After`` header (an overloaded upstream says when to come back)."""
 
     status: int = 500
     type: str = "internal_error"
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
 
     def __reduce__(self):
-        return (self.__class__, (self.message, self.param))
+        return (self.__class__, (self.message, self.param, self.retry_after_s))
 
 
 class InvalidRequestError(LLMVMError):

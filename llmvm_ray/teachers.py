@@ -25,6 +25,9 @@ from llmvm_ray.errors import LLMVMError
 from llmvm_ray.protocol import new_id
 from llmvm_ray.runtime import model_handle
 
+# A count above this is not a token count (a teacher's usage is checked before it is used).
+_MAX_USAGE_TOKENS = 10_000_000
+
 
 class TeacherError(LLMVMError):
     """The teacher failed or refused; nothing was recorded."""
@@ -134,28 +137,52 @@ class OpenAITeacher:
                     if call.context:
                         messages.insert(0, {"role": "system", "content": call.context})
                     r = await client.chat.completions.create(messages=messages, **kwargs)
-                    text = r.choices[0].message.content or ""
                 else:
                     r = await client.completions.create(prompt=call.context + call.prompt, **kwargs)
-                    text = r.choices[0].text
         except openai.APITimeoutError as exc:
             raise TeacherTimeout(f"teacher '{self.name}' timed out") from exc
         except openai.APIConnectionError as exc:
             raise TeacherUnavailable(f"teacher '{self.name}' is unreachable") from exc
         except openai.APIStatusError as exc:
-            message = _upstream_message(exc)
-            raise TeacherError(
-                f"teacher '{self.name}' answered {exc.status_code}: {message}"
-            ) from exc
-        usage = r.usage
+            message = f"teacher '{self.name}' answered {exc.status_code}: {_upstream_message(exc)}"
+            if exc.status_code in (429, 503):  # overloaded: say when to come back
+                raise TeacherUnavailable(message, retry_after_s=_retry_after(exc)) from exc
+            raise TeacherError(message) from exc
+        text, finish_reason, prompt_tokens, completion_tokens = self._checked(r)
         return TeacherAnswer(
             text=text,
-            finish_reason=r.choices[0].finish_reason or "stop",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=time.perf_counter() - started,
             model=self.name,
         )
+
+    def _checked(self, r: Any) -> tuple[str, str, int, int]:
+        """Text, finish reason and token counts of an answer, or a ``TeacherError`` (502)
+        saying what is wrong with it: a malformed answer is never recorded. The SDK builds
+        its objects without validating them, so an endpoint's null text or missing choices
+        reach here as they came."""
+        choices = getattr(r, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise TeacherError(f"teacher '{self.name}' answered without choices")
+        choice = choices[0]
+        holder = getattr(choice, "message", None) if self._api == "chat" else choice
+        text = getattr(holder, "content" if self._api == "chat" else "text", None)
+        if not isinstance(text, str):
+            raise TeacherError(f"teacher '{self.name}' answered no text (got {text!r:.40})")
+        finish_reason = getattr(choice, "finish_reason", None) or "stop"
+        if finish_reason not in ("stop", "length"):
+            raise TeacherError(
+                f"teacher '{self.name}' answered finish_reason {finish_reason!r:.40}"
+            )
+        usage = getattr(r, "usage", None)
+        counts = [getattr(usage, k, 0) for k in ("prompt_tokens", "completion_tokens")]
+        if usage is None:
+            counts = [0, 0]
+        if not all(type(n) is int and 0 <= n <= _MAX_USAGE_TOKENS for n in counts):
+            raise TeacherError(f"teacher '{self.name}' answered usage {counts!r:.80}")
+        return text, finish_reason, counts[0], counts[1]
 
     async def close(self) -> None:
         await self._client.close()
@@ -212,6 +239,15 @@ def build_teacher(
         max_retries=0 if synthesis else t.max_retries,
         max_concurrency=s.max_in_flight if synthesis else t.max_concurrency,
     )
+
+
+def _retry_after(exc: Any) -> float:
+    """The upstream's ``Retry-After`` in seconds (a number of seconds; 1 if absent)."""
+    value = exc.response.headers.get("retry-after", "") if exc.response is not None else ""
+    try:
+        return min(max(float(value), 0.0), 3600.0)
+    except ValueError:
+        return 1.0
 
 
 def _upstream_message(exc: Any) -> str:

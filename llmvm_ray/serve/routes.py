@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -37,14 +38,20 @@ logger = logging.getLogger(__name__)
 
 
 def error_response(
-    status: int, message: str, type_: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after_s: float | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(
         error=ErrorDetail(message=message, type=type_, param=param, code=code),
         status=status,
         resp=message,
     )
-    return JSONResponse(status_code=status, content=body.model_dump())
+    headers = None if retry_after_s is None else {"Retry-After": str(math.ceil(retry_after_s))}
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _typed_error(exc: BaseException) -> LLMVMError | None:
@@ -183,7 +190,9 @@ def create_app(service: OpenAIService) -> FastAPI:
     async def _on_error(_: Request, exc: Exception) -> JSONResponse:
         typed = _typed_error(exc)
         if typed is not None:
-            return error_response(typed.status, typed.message, typed.type, param=typed.param)
+            return error_response(
+                typed.status, typed.message, typed.type, typed.param, None, typed.retry_after_s
+            )
         if isinstance(exc, TimeoutError):
             return error_response(504, "the request timed out", "timeout_error")
         if isinstance(exc, RayActorError):

@@ -96,11 +96,11 @@ def error_kind(exc: BaseException) -> str:
     """A short, countable name for a teacher failure."""
     if isinstance(exc, TeacherTimeout | asyncio.TimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(exc, TeacherUnavailable):
-        return "unavailable"
     status = getattr(exc.__cause__, "status_code", None)
     if status == 429:
         return "rate_limited"
+    if isinstance(exc, TeacherUnavailable):
+        return "unavailable"
     if isinstance(status, int):
         return f"http_{status}"
     return "teacher_error"

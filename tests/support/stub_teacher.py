@@ -8,7 +8,9 @@ behaviour from a script (repeating the last one):
 - ``fenced``: ``good`` in a code fence with prose; ``delimited``: the delimiter encoding;
 - ``jsonl``: LLM-VM's expected shape, one ``{"prompt", "response"}`` object per line;
 - ``truncated``: JSON cut mid-object, finish_reason ``length``; ``garbage``; ``empty``;
-- ``429`` (with Retry-After: 0), ``500``, and ``slow`` (answers after ``slow_s``).
+- ``429`` (with Retry-After: 0), ``503`` (with Retry-After: 7), ``500``, and ``slow``
+  (answers after ``slow_s``);
+- malformed 200s: ``null_text``, ``no_choices``, ``bad_finish``, ``bad_usage``.
 
 It records every request body and the most requests it ever had in flight.
 """
@@ -21,6 +23,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+MALFORMED = ("null_text", "no_choices", "bad_finish", "bad_usage")
 
 
 class StubTeacher:
@@ -135,16 +139,30 @@ class StubTeacher:
                     if behaviour == "500":
                         self._send(500, {"error": {"message": "boom", "type": "server"}})
                         return
+                    if behaviour == "503":
+                        self._send(
+                            503,
+                            {"error": {"message": "overloaded", "type": "server"}},
+                            [("Retry-After", "7")],
+                        )
+                        return
                     if behaviour == "slow":
                         time.sleep(stub.slow_s)
                         behaviour = "good"
-                    text, finish = stub.text(behaviour, i)
+                    malformed = behaviour if behaviour in MALFORMED else None
+                    text, finish = stub.text("good" if malformed else behaviour, i)
                     chat = self.path.endswith("/chat/completions")
                     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+                    content = None if malformed == "null_text" else text
+                    if malformed == "bad_finish":
+                        choice["finish_reason"] = "tool_calls"
                     if chat:
-                        choice["message"] = {"role": "assistant", "content": text}
+                        choice["message"] = {"role": "assistant", "content": content}
                     else:
-                        choice.update(text=text, logprobs=None)
+                        choice.update(text=content, logprobs=None)
+                    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                    if malformed == "bad_usage":
+                        usage["completion_tokens"] = -3
                     self._send(
                         200,
                         {
@@ -152,12 +170,8 @@ class StubTeacher:
                             "object": "chat.completion" if chat else "text_completion",
                             "created": 0,
                             "model": body.get("model", "stub"),
-                            "choices": [choice],
-                            "usage": {
-                                "prompt_tokens": 1,
-                                "completion_tokens": 1,
-                                "total_tokens": 2,
-                            },
+                            "choices": [] if malformed == "no_choices" else [choice],
+                            "usage": usage,
                         },
                     )
                 finally:
