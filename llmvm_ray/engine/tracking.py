@@ -13,27 +13,27 @@ Why text is held back instead of emitted as soon as it decodes:
 - a multi-byte character split across byte-level BPE tokens decodes as U+FFFD until its last
   byte arrives.
 
-Each step decodes the row's whole completion (not single tokens) and diffs it against the
-committed text, which is what keeps BPE merges and multi-byte characters right.
+Each step diffs the text of the row's whole completion (not of single tokens, which would
+break BPE merges and multi-byte characters) against the committed text. That text comes from
+an ``IncrementalDecoder``, which decodes only the latest tokens for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from llmvm_ray.engine.detokenizing import REPLACEMENT_CHAR, IncrementalDecoder
 from llmvm_ray.engine.planning import RowPlan
 from llmvm_ray.engine.types import FinishReason
-
-_REPLACEMENT_CHAR = "\ufffd"
 
 
 @dataclass
 class RowState:
     """Mutable progress of one row."""
 
-    token_ids: list[int] = field(default_factory=list)  # completion ids, EOS excluded
+    decoder: IncrementalDecoder  # of the completion, EOS excluded
     num_tokens: int = 0  # tokens generated so far, counting an EOS that ended the row
     committed: str = ""  # text that can no longer change
     pending: str = ""  # decoded text after ``committed`` that is held back
@@ -77,7 +77,7 @@ class RowTracker:
         row = self._next_id
         self._next_id += 1
         self.rows[row] = plan
-        self._states[row] = RowState()
+        self._states[row] = RowState(IncrementalDecoder(self._tokenizer))
         self._live[row] = None
         return row
 
@@ -124,8 +124,7 @@ class RowTracker:
             if token in self._eos:
                 self._finish(row, "stop")
                 continue
-            state.token_ids.append(int(token))
-            state.pending = self._pending_text(state)
+            state.pending = _pending_text(state.decoder.append(int(token)), state.committed)
             cut = _first_stop(state.pending, plan.stop)
             if cut is not None:
                 state.pending = state.pending[:cut]
@@ -171,21 +170,20 @@ class RowTracker:
         state.pending = ""
         state.finish_reason = reason
 
-    def _pending_text(self, state: RowState) -> str:
-        full = self._tokenizer.decode(
-            state.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        if full.startswith(state.committed):
-            return full[len(state.committed) :]
-        # A tokenizer whose decoding of a prefix is not a prefix of the full decoding (rare;
-        # not byte-level BPE). Committed text is never retracted: continue after the part
-        # both agree on.
-        common = 0
-        for a, b in zip(full, state.committed, strict=False):
-            if a != b:
-                break
-            common += 1
-        return full[max(common, len(state.committed)) :]
+
+def _pending_text(full: str, committed: str) -> str:
+    """The part of ``full`` (the text of the whole completion) after ``committed``."""
+    if full.startswith(committed):
+        return full[len(committed) :]
+    # A tokenizer whose decoding of a prefix is not a prefix of the full decoding (rare;
+    # not byte-level BPE). Committed text is never retracted: continue after the part both
+    # agree on.
+    common = 0
+    for a, b in zip(full, committed, strict=False):
+        if a != b:
+            break
+        common += 1
+    return full[max(common, len(committed)) :]
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -200,7 +198,7 @@ def _holdback(text: str, stops: Sequence[str]) -> int:
     That is the longest suffix that is a proper prefix of some stop string, or the trailing
     U+FFFD characters of an incomplete multi-byte character, whichever is longer.
     """
-    hold = len(text) - len(text.rstrip(_REPLACEMENT_CHAR))
+    hold = len(text) - len(text.rstrip(REPLACEMENT_CHAR))
     for stop in stops:
         for size in range(min(len(stop) - 1, len(text)), hold, -1):
             if text.endswith(stop[:size]):

@@ -25,6 +25,13 @@ from llmvm_ray.engine.inbox import RequestInbox
 from llmvm_ray.errors import InvalidRequestError
 
 
+class ByteTokenizer:
+    """Token i < 256 is byte i; decoding replaces incomplete UTF-8 like byte-level BPE."""
+
+    def decode(self, ids: list[int], **_: object) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
 def model_config(path: Path, **overrides: Any) -> ModelConfig:
     """The engine tests' model config: CPU unless ``LLMVM_TEST_DEVICE`` names another device
     (``cuda`` for the GPU check, with ``LLMVM_TEST_DTYPE`` for its dtype, default ``auto``)."""

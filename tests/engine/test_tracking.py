@@ -5,15 +5,9 @@ from __future__ import annotations
 from llmvm_ray.engine.planning import RowPlan
 from llmvm_ray.engine.sampling import RowSampling
 from llmvm_ray.engine.tracking import RowTracker
+from tests.engine.helpers import ByteTokenizer
 
 EOS = 256
-
-
-class ByteTokenizer:
-    """Token i < 256 is byte i; decoding replaces incomplete UTF-8 like byte-level BPE."""
-
-    def decode(self, ids: list[int], **_: object) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def plan(stop: tuple[str, ...] = (), max_tokens: int = 100, request_id: str = "r") -> RowPlan:
