@@ -426,6 +426,21 @@ class TrainConfig(Section):
     )
 
 
+class TrainLimitsConfig(Section):
+    """What an API client may ask of a fine-tune (``/v1/fine_tuning/jobs``). The operator's
+    own surfaces (``llmvm finetune``, ``jobs/finetune.py``, the optimizer) are not bound."""
+
+    allow_any_base_model: bool = Field(
+        False, description="Clients may name base models that are not configured (hub ids)."
+    )
+    max_num_workers: int = Field(4, ge=1, description="Most Ray Train workers a client asks.")
+    max_cpus_per_worker: float = Field(4.0, ge=0, description="Most CPUs per worker.")
+    max_gpus_per_worker: float = Field(1.0, ge=0, description="Most GPUs per worker.")
+    max_steps: int = Field(100_000, ge=1, description="Most optimizer steps (`max_steps`).")
+    max_epochs: int = Field(100, ge=1, description="Most passes over the data (`epochs`).")
+    max_seq_len: int = Field(4096, ge=1, description="Longest training sequence.")
+
+
 class TrainQueueConfig(Section):
     """How fine-tunes wait for their turn and for resources (never blocking serving)."""
 
@@ -546,6 +561,9 @@ class Config(BaseSettings):
     )
     train_queue: TrainQueueConfig = Field(
         default_factory=TrainQueueConfig, description="Fine-tune queueing."
+    )
+    train_limits: TrainLimitsConfig = Field(
+        default_factory=TrainLimitsConfig, description="What API clients may ask of fine-tunes."
     )
     registry: RegistryConfig = Field(
         default_factory=RegistryConfig, description="The fine-tune registry."

@@ -258,9 +258,7 @@ def create_app(service: OpenAIService) -> FastAPI:
 
     @app.post("/v1/fine_tuning/jobs")
     async def create_fine_tune(body: dict[str, Any], tenant: Tenant) -> Response:
-        return await answer(
-            service.finetune_call("create_job", body, tenant, service.config.train.lr)
-        )
+        return await answer(service.finetune_call("create_job", body, tenant))
 
     @app.get("/v1/fine_tuning/jobs")
     async def list_fine_tunes(

@@ -7,10 +7,17 @@ list / retrieve / cancel`` work. Where OpenAI has no field for something we know
 progress, metrics, checkpoint and adapter paths), it rides along under ``"llmvm"``; the
 client keeps unknown fields.
 
-Mapping: ``training_file`` is a dataset path under ``storage_path`` (or absolute);
-``model`` a base model; ``hyperparameters.n_epochs / batch_size /
-learning_rate_multiplier`` map to ``epochs / batch_size / lr``; any ``train.*`` field may be
-given under ``llmvm.hyperparameters``; ``llmvm.task_id`` / ``llmvm.context`` tag the run.
+Mapping: ``training_file`` is a dataset path inside the caller's own area of
+``storage_path`` (``datasets/<tenant>/...``); ``model`` a configured base model;
+``hyperparameters.n_epochs / batch_size / learning_rate_multiplier`` map to ``epochs /
+batch_size / lr``; ``train.*`` fields may be given under ``llmvm.hyperparameters``, within
+``train_limits`` and except the operator's own (``OPERATOR_ONLY``); ``llmvm.task_id`` /
+``llmvm.context`` tag the run.
+
+What a client names is confined, because the server acts on it: a ``training_file`` that is
+an absolute path, a URI (another bucket, ``endpoint_override`` and other query options that
+make ``pyarrow.fs`` connect to a host), ``~`` or ``..`` is refused with the same message as a
+dataset that does not exist, so the answer tells nothing about what exists elsewhere.
 """
 
 from __future__ import annotations
@@ -19,8 +26,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from llmvm_ray.config import Config, TrainLimitsConfig
 from llmvm_ray.errors import InvalidRequestError, NotFoundError
 from llmvm_ray.registry.records import FinetuneRun, RunStatus
+
+# train.* fields only the operator sets: retries, disk kept, process and compiler settings.
+OPERATOR_ONLY = frozenset(
+    {
+        "max_failures",
+        "checkpoints_to_keep",
+        "cancel_grace_s",
+        "health_check_interval_s",
+        "torch_extensions_dir",
+    }
+)
 
 _STATUS = {
     RunStatus.QUEUED: "queued",
@@ -31,11 +50,72 @@ _STATUS = {
 }
 
 
-def create_kwargs(body: Mapping[str, Any], default_lr: float, tenant: str) -> dict[str, Any]:
+def tenant_dataset(training_file: str, tenant: str) -> str:
+    """The storage path ``training_file`` names inside ``tenant``'s own area, or the one
+    refusal for anything else (see the module docstring)."""
+    area = f"datasets/{tenant}/"
+    parts = training_file.split("/")
+    confined = (
+        training_file.startswith(area)
+        and not any(p in ("", ".", "..") for p in parts)
+        and not any(c in training_file for c in ("\\", ":", "?", "#", "~", "\x00"))
+    )
+    if not confined:
+        raise not_your_dataset(training_file, tenant)
+    return training_file
+
+
+def not_your_dataset(training_file: str, tenant: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"training_file {training_file[:200]!r} is not one of your datasets (a path under "
+        f"datasets/{tenant}/ of the service's storage)",
+        param="training_file",
+    )
+
+
+def check_hyperparameters(params: Mapping[str, Any], limits: TrainLimitsConfig) -> None:
+    """Refuse the operator's own fields and values beyond ``train_limits`` (types and the
+    rest are ``TrainConfig``'s checks)."""
+    for key in params:
+        if key in OPERATOR_ONLY:
+            raise InvalidRequestError(
+                f"hyperparameters.{key} is set by the operator", param=f"hyperparameters.{key}"
+            )
+    bounds = {
+        "num_workers": limits.max_num_workers,
+        "max_steps": limits.max_steps,
+        "epochs": limits.max_epochs,
+        "max_seq_len": limits.max_seq_len,
+    }
+    for key, most in bounds.items():
+        value = params.get(key)
+        if isinstance(value, int | float) and value > most:
+            raise InvalidRequestError(
+                f"hyperparameters.{key} may be at most {most:g}", param=f"hyperparameters.{key}"
+            )
+    resources = params.get("resources_per_worker")
+    if isinstance(resources, Mapping):
+        most = {"CPU": limits.max_cpus_per_worker, "GPU": limits.max_gpus_per_worker}
+        for name, amount in resources.items():
+            if name not in most or not isinstance(amount, int | float) or amount > most[name]:
+                raise InvalidRequestError(
+                    f"resources_per_worker: CPU at most {most['CPU']:g} and GPU at most "
+                    f"{most['GPU']:g} per worker",
+                    param="hyperparameters.resources_per_worker",
+                )
+
+
+def create_kwargs(body: Mapping[str, Any], config: Config, tenant: str) -> dict[str, Any]:
     """``FinetuneService.create`` keyword arguments for an OpenAI create-job body."""
     for key in ("model", "training_file"):
         if not isinstance(body.get(key), str) or not body[key]:
             raise InvalidRequestError(f"'{key}' is required", param=key)
+    limits = config.train_limits
+    if not limits.allow_any_base_model and body["model"] not in {m.name for m in config.models}:
+        raise InvalidRequestError(
+            f"model {body['model'][:200]!r} is not one of the served base models", param="model"
+        )
+    default_lr = config.train.lr
     if body.get("validation_file"):
         raise InvalidRequestError(
             "validation_file is not supported: a held-out share of training_file is "
@@ -64,11 +144,12 @@ def create_kwargs(body: Mapping[str, Any], default_lr: float, tenant: str) -> di
     if body.get("seed") is not None:
         params["seed"] = body["seed"]
     params.update(extension.get("hyperparameters") or {})
+    check_hyperparameters(params, limits)
     metadata = {str(k): str(v) for k, v in (body.get("metadata") or {}).items()}
     if body.get("suffix"):
         metadata["suffix"] = str(body["suffix"])
     return {
-        "dataset": body["training_file"],
+        "dataset": tenant_dataset(body["training_file"], tenant),
         "base_model": body["model"],
         "tenant": tenant,
         "task_id": extension.get("task_id"),
@@ -152,11 +233,16 @@ def list_jobs(
 # -- one call per route (blocking: call them from a thread, e.g. ``asyncio.to_thread``) --------
 
 
-def create_job(
-    service: Any, body: Mapping[str, Any], tenant: str, default_lr: float
-) -> dict[str, Any]:
+def create_job(service: Any, body: Mapping[str, Any], tenant: str) -> dict[str, Any]:
     """``POST /v1/fine_tuning/jobs``."""
-    return job_object(service.create(**create_kwargs(body, default_lr, tenant)))
+    kwargs = create_kwargs(body, service.config, tenant)
+    try:
+        run = service.create(**kwargs)
+    except InvalidRequestError as exc:
+        if exc.param == "dataset":  # missing or empty: the same answer as not allowed
+            raise not_your_dataset(body["training_file"], tenant) from None
+        raise
+    return job_object(run)
 
 
 def retrieve_job(service: Any, job_id: str, tenant: str | None) -> dict[str, Any]:

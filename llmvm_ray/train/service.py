@@ -40,6 +40,10 @@ class FinetuneService:
         self._owned: dict[str, Any] = {}  # run id -> supervisor handle (non-detached runs)
 
     @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
     def registry(self) -> RegistryClient:
         if self._registry is None:
             self._registry = get_registry(self._config)

@@ -7,9 +7,14 @@ import time
 import openai
 import pytest
 
+from llmvm_ray.optimizer.task import tenant_of
+from tests.conftest import API_KEY
+
 pytestmark = pytest.mark.ray
 
-DATASET = "datasets/http/date.parquet"
+# The caller's own area: datasets/<its tenant>/ (see train/openai_api.py).
+DATASET = f"datasets/{tenant_of(API_KEY)}/date.parquet"
+OTHERS = "datasets/someone-else/date.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +25,9 @@ def dataset(service):
 
     _, config = service
     rows = make_examples(get_task("date"), 64, seed=0, instruction=False)
-    datasets.write_examples(Storage.from_uri(config.storage_path), DATASET, rows)
+    storage = Storage.from_uri(config.storage_path)
+    datasets.write_examples(storage, DATASET, rows)
+    datasets.write_examples(storage, OTHERS, rows)
     return DATASET
 
 
@@ -56,9 +63,20 @@ def test_create_list_retrieve_cancel(client, dataset):
 
 
 def test_bad_fine_tune_requests(client, dataset):
-    with pytest.raises(openai.APIStatusError) as missing:
-        client.fine_tuning.jobs.create(model="tiny", training_file="datasets/nope.parquet")
-    assert missing.value.status_code in (400, 404) and "not found" in missing.value.message
+    # Missing, another tenant's, or a URI that would make the server connect somewhere:
+    # one answer for all, so it tells nothing about what exists.
+    answers = set()
+    for training_file in (
+        DATASET.replace("date", "nope"),
+        OTHERS,
+        "s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http",
+        "/etc/passwd",
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(model="tiny", training_file=training_file)
+        assert refused.value.body["param"] == "training_file"
+        answers.add(refused.value.message.replace(training_file[:200], "<file>"))
+    assert len(answers) == 1, answers
     with pytest.raises(openai.BadRequestError) as info:
         client.fine_tuning.jobs.create(model="no-such-model", training_file=dataset)
     assert info.value.param in ("model", "base_model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
+from llmvm_ray.config import Config
 from llmvm_ray.errors import InvalidRequestError, NotFoundError
 from llmvm_ray.registry.records import RunStatus
 from llmvm_ray.train import openai_api
@@ -29,11 +30,16 @@ def test_every_status_parses_as_an_openai_job(status):
     assert (job.error is not None) == (status == RunStatus.FAILED)
 
 
+CONFIG = Config.model_validate(
+    {"models": [{"name": "tiny", "model_uri": "x"}], "train": {"lr": 1e-3}}
+)
+
+
 def test_create_body_maps_to_service_arguments():
     kwargs = openai_api.create_kwargs(
         {
             "model": "tiny",
-            "training_file": "datasets/default/date",
+            "training_file": "datasets/acme/date",
             "hyperparameters": {"n_epochs": 3, "batch_size": "auto"},
             "method": {
                 "type": "supervised",
@@ -43,36 +49,80 @@ def test_create_body_maps_to_service_arguments():
             "suffix": "v1",
             "llmvm": {"task_id": "date", "hyperparameters": {"num_workers": 2}},
         },
-        default_lr=1e-3,
+        CONFIG,
         tenant="acme",
     )
-    assert kwargs["dataset"] == "datasets/default/date" and kwargs["base_model"] == "tiny"
+    assert kwargs["dataset"] == "datasets/acme/date" and kwargs["base_model"] == "tiny"
     assert kwargs["tenant"] == "acme" and kwargs["task_id"] == "date"
     assert kwargs["hyperparameters"] == {"epochs": 3, "lr": 2e-3, "seed": 7, "num_workers": 2}
     assert kwargs["metadata"] == {"suffix": "v1"}
+
+
+OK = {"model": "tiny", "training_file": "datasets/t/d"}
+
+
+def llmvm_hp(**hp):
+    return {**OK, "llmvm": {"hyperparameters": hp}}
 
 
 @pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"training_file": "d"}, "model"),
-        ({"model": "m"}, "training_file"),
-        ({"model": "m", "training_file": "d", "validation_file": "v"}, "validation_file"),
-        ({"model": "m", "training_file": "d", "method": {"type": "dpo"}}, "method"),
+        ({"model": "tiny"}, "training_file"),
+        ({"model": "no-such", "training_file": "datasets/t/d"}, "model"),
+        ({"model": "/etc/models/x", "training_file": "datasets/t/d"}, "model"),
+        ({**OK, "validation_file": "v"}, "validation_file"),
+        ({**OK, "method": {"type": "dpo"}}, "method"),
         (
-            {
-                "model": "m",
-                "training_file": "d",
-                "hyperparameters": {"learning_rate_multiplier": 0},
-            },
+            {**OK, "hyperparameters": {"learning_rate_multiplier": 0}},
             "hyperparameters.learning_rate_multiplier",
         ),
+        (llmvm_hp(max_failures=50), "hyperparameters.max_failures"),
+        (llmvm_hp(torch_extensions_dir="/tmp/x"), "hyperparameters.torch_extensions_dir"),
+        (llmvm_hp(num_workers=500), "hyperparameters.num_workers"),
+        (llmvm_hp(max_steps=10**9), "hyperparameters.max_steps"),
+        (llmvm_hp(epochs=1000), "hyperparameters.epochs"),
+        (llmvm_hp(max_seq_len=10**6), "hyperparameters.max_seq_len"),
+        (llmvm_hp(resources_per_worker={"CPU": 64}), "hyperparameters.resources_per_worker"),
+        (llmvm_hp(resources_per_worker={"GPU": 8}), "hyperparameters.resources_per_worker"),
+        (llmvm_hp(resources_per_worker={"special": 1}), "hyperparameters.resources_per_worker"),
     ],
 )
 def test_bad_create_bodies(body, param):
     with pytest.raises(InvalidRequestError) as info:
-        openai_api.create_kwargs(body, default_lr=1e-3, tenant="t")
+        openai_api.create_kwargs(body, CONFIG, tenant="t")
     assert info.value.param == param
+
+
+@pytest.mark.parametrize(
+    "training_file",
+    [
+        "/etc/passwd",
+        "~/data.parquet",
+        "s3://other-bucket/datasets/t/d",
+        "s3://b/d?endpoint_override=attacker.example:9000",
+        "http://169.254.169.254/latest",
+        "datasets/t/../u/d",
+        "datasets/t//d",
+        "datasets/other-tenant/d",
+        "datasets/t/d?scheme=http",
+        "datasets/t/C:\\x",
+        "d",
+    ],
+)
+def test_a_training_file_outside_the_tenants_area_is_refused_like_a_missing_one(training_file):
+    with pytest.raises(InvalidRequestError) as info:
+        openai_api.create_kwargs({**OK, "training_file": training_file}, CONFIG, tenant="t")
+    missing = openai_api.not_your_dataset(training_file, "t")
+    assert (info.value.param, info.value.message) == ("training_file", missing.message)
+
+
+def test_the_operator_may_allow_any_base_model():
+    config = CONFIG.model_copy(deep=True)
+    config.train_limits.allow_any_base_model = True
+    kwargs = openai_api.create_kwargs({**OK, "model": "org/some-model"}, config, "t")
+    assert kwargs["base_model"] == "org/some-model"
 
 
 class _FakeService:
