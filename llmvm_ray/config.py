@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -132,6 +133,10 @@ class ServeConfig(Section):
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="Accepted `Authorization: Bearer` keys; empty means no auth.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve without `api_keys` on a non-loopback `host` (refused otherwise).",
     )
     max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences per request.")
     max_n: int = Field(8, ge=1, description="Most choices (`n`) per request.")
@@ -601,8 +606,10 @@ class Config(BaseSettings):
         raise KeyError(name)
 
     def masked(self) -> dict[str, Any]:
-        """The effective config as plain data with every secret masked."""
-        return self.model_dump(mode="json")  # SecretStr dumps as "**********"
+        """The effective config as plain data with every secret masked: ``SecretStr`` fields,
+        and credentials inside URLs (``https://user:pass@host``, ``?token=...``), which
+        ``teacher.base_url``, ``storage_path`` or ``agents.model_url`` may carry."""
+        return _mask_urls(self.model_dump(mode="json"))  # SecretStr dumps as "**********"
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -662,6 +669,26 @@ def parse_assignments(
                 value = raw
         out[key] = value
     return out
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_URL_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&][a-z0-9_-]*(?:key|token|secret|password|signature|credential)[a-z0-9_-]*)="
+    r"[^&#\s]*",
+    re.IGNORECASE,
+)
+
+
+def _mask_urls(value: Any) -> Any:
+    """``value`` with the user-info and secret-looking query values of every URL masked."""
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        value = _URL_USERINFO.sub(r"\g<scheme>**********@", value)
+        return _URL_SECRET_QUERY.sub(r"\g<key>=**********", value)
+    return value
 
 
 def _reveal(value: Any) -> Any:

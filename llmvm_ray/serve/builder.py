@@ -8,12 +8,13 @@ FastAPI ingress deployment that holds handles to all of them. ``build_app`` is w
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
-from llmvm_ray.config import Config, ModelConfig, load_config
+from llmvm_ray.config import Config, ModelConfig, ServeConfig, load_config
 from llmvm_ray.errors import ConfigError
 from llmvm_ray.optimizer.actor import get_optimizer
 from llmvm_ray.ray_private import replica_transport
@@ -70,6 +71,7 @@ def build_app(config: Config) -> Application:
             "no models configured: add a [[models]] entry (name, model_uri) to the config "
             "file or pass --model to `llmvm serve`"
         )
+    check_exposure(config.serve)
     replicas = {m.name: _model_deployment(m) for m in config.models}
     ingress = serve.deployment(Ingress).options(
         name="ingress",
@@ -78,6 +80,29 @@ def build_app(config: Config) -> Application:
         max_ongoing_requests=1024,
     )
     return ingress.bind(config, replicas)
+
+
+def check_exposure(serve_config: ServeConfig) -> None:
+    """Refuse to serve other machines without keys unless the operator says so: an open
+    endpoint spends the teacher's money and reads every tenant's data."""
+    s = serve_config
+    if s.api_keys or s.allow_unauthenticated or _is_loopback(s.host):
+        return
+    raise ConfigError(
+        f"serve.host {s.host!r} is reachable from other machines and no serve.api_keys are "
+        "set: set keys (e.g. LLMVM_SERVE__API_KEYS='[\"sk-...\"]' from a secret), bind to "
+        "127.0.0.1, or set serve.allow_unauthenticated = true to serve without auth on purpose",
+        param="serve.api_keys",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def app_builder(args: dict[str, Any]) -> Application:

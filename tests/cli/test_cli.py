@@ -43,6 +43,18 @@ def test_config_show_masks_secrets(tmp_path):
     shown = json.loads(out.stdout)
     assert shown["serve"]["port"] == 4000
     assert "sk-very-secret" not in out.stdout
+    # Credentials inside URLs are masked too (user-info, secret-looking query values).
+    path.write_text(
+        'storage_path = "s3://AKIAEXAMPLE:s3cr3t@bucket/p?session_token=t0k3n&region=x"\n'
+        '[teacher]\nbase_url = "https://bob:hunter2@api.example.com/v1?api_key=k3y"\n'
+    )
+    out = run("config", "show", "--config", str(path))
+    assert out.returncode == 0, out.stderr
+    for secret in ("AKIAEXAMPLE", "s3cr3t", "t0k3n", "hunter2", "k3y"):
+        assert secret not in out.stdout, out.stdout
+    shown = json.loads(out.stdout)
+    assert shown["teacher"]["base_url"].startswith("https://**********@api.example.com/v1")
+    assert shown["storage_path"].endswith("?session_token=**********&region=x")
 
 
 def test_config_errors_exit_2_with_the_field(tmp_path):

@@ -90,7 +90,9 @@ def test_serve_config_file_builds_the_same_app_as_llmvm_serve(monkeypatch):
     raw = load_yaml("serve.yaml")
     schema = ServeDeploySchema.parse_obj(raw)  # what `serve deploy` validates
     monkeypatch.setenv("LLMVM_CONFIG", str(CLUSTER / "llmvm.toml"))
+    monkeypatch.setenv("LLMVM_SERVE__API_KEYS", '["sk-from-a-secret"]')  # as every recipe sets
     config = load_config()
+    assert config.serve.api_keys[0].get_secret_value() == "sk-from-a-secret"
     assert schema.http_options.host == config.serve.host
     assert schema.http_options.port == config.serve.port
     (app,) = schema.applications
@@ -113,3 +115,32 @@ def _deployments(app) -> list:
     from ray.serve._private.build_app import build_app as serve_build
 
     return list(serve_build(app, name="check").deployments)
+
+
+def test_the_production_config_refuses_to_serve_other_machines_without_keys(monkeypatch):
+    from llmvm_ray.errors import ConfigError
+    from llmvm_ray.serve.builder import build_app
+
+    monkeypatch.setenv("LLMVM_CONFIG", str(CLUSTER / "llmvm.toml"))
+    monkeypatch.delenv("LLMVM_SERVE__API_KEYS", raising=False)
+    config = load_config()
+    assert config.serve.host == "0.0.0.0" and not config.serve.api_keys
+    with pytest.raises(ConfigError) as info:
+        build_app(config)
+    assert info.value.param == "serve.api_keys" and "allow_unauthenticated" in info.value.message
+    config.serve.allow_unauthenticated = True  # the operator's explicit choice
+    build_app(config)
+    loopback = config.model_copy(deep=True)
+    loopback.serve.allow_unauthenticated = False
+    loopback.serve.host = "127.0.0.1"
+    build_app(loopback)
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml", "local.yaml"])
+def test_every_node_of_a_launcher_cluster_gets_the_api_keys(name):
+    raw = load_yaml(name)
+    keys_file = next(k for k in raw["file_mounts"] if k.endswith("llmvm-api-keys.json"))
+    for commands in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
+        script = " ".join(commands)
+        assert "LLMVM_SERVE__API_KEYS=" in script
+        assert keys_file.replace("~", "$HOME") in script
