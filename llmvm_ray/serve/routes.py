@@ -32,6 +32,7 @@ from llmvm_ray.protocol import (
     ErrorResponse,
     FieldError,
 )
+from llmvm_ray.serve.openai_api import SSE_DONE, sse
 from llmvm_ray.serve.service import OpenAIService
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,37 @@ def error_response(
     )
     headers = None if retry_after_s is None else {"Retry-After": str(math.ceil(retry_after_s))}
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _error_fields(
+    exc: BaseException,
+) -> tuple[int, str, str, str | None, str | None, float | None]:
+    """``error_response``'s arguments for a failure (a response, or a stream's last event)."""
+    typed = _typed_error(exc)
+    if typed is not None:
+        return typed.status, typed.message, typed.type, typed.param, None, typed.retry_after_s
+    if isinstance(exc, TimeoutError):
+        return 504, "the request timed out", "timeout_error", None, None, None
+    if isinstance(exc, RayActorError):
+        return 503, "the model replica is unavailable", "unavailable", None, None, None
+    logger.error("unhandled error", exc_info=exc)
+    return 500, f"internal error: {type(exc).__name__}", "internal_error", None, None, None
+
+
+async def _guarded_stream(events: AsyncIterator[str], state: Any) -> AsyncIterator[str]:
+    """SSE events, ending with an OpenAI-style error event and the terminator when the
+    stream fails after its headers went out (never a silent clean end); the request is then
+    counted with the failure's status (``state.llmvm_stream_status``)."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:  # noqa: BLE001 - every failure ends the stream the same way
+        status, message, type_, param, code, _ = _error_fields(exc)
+        if state is not None:
+            state.llmvm_stream_status = status
+        detail = ErrorDetail(message=message, type=type_, param=param, code=code)
+        yield sse(ErrorResponse(error=detail, status=status, resp=message))
+        yield SSE_DONE
 
 
 def _typed_error(exc: BaseException) -> LLMVMError | None:
@@ -167,8 +199,10 @@ class _RequestCounter:
             route = getattr(scope.get("route"), "path", "other")
             # Handlers that know the request's model put its label in the request's state
             # (see ``OpenAIService.model_label``).
-            model = scope.get("state", {}).get("llmvm_model", "none")
-            self.metrics.request(route, model, status)
+            state = scope.get("state", {})
+            model = state.get("llmvm_model", "none")
+            # A stream that failed after its 200 went out counts with the failure's status.
+            self.metrics.request(route, model, state.get("llmvm_stream_status", status))
 
 
 def create_app(service: OpenAIService) -> FastAPI:
@@ -188,17 +222,7 @@ def create_app(service: OpenAIService) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), type_)
 
     async def _on_error(_: Request, exc: Exception) -> JSONResponse:
-        typed = _typed_error(exc)
-        if typed is not None:
-            return error_response(
-                typed.status, typed.message, typed.type, typed.param, None, typed.retry_after_s
-            )
-        if isinstance(exc, TimeoutError):
-            return error_response(504, "the request timed out", "timeout_error")
-        if isinstance(exc, RayActorError):
-            return error_response(503, "the model replica is unavailable", "unavailable")
-        logger.error("unhandled error", exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}", "internal_error")
+        return error_response(*_error_fields(exc))
 
     # Handlers for specific classes run inside the app (a bare ``Exception`` handler would
     # still re-raise into the server); Ray's wrapped replica errors are ``RayError``s.
@@ -207,11 +231,12 @@ def create_app(service: OpenAIService) -> FastAPI:
 
     app.add_middleware(_RequestCounter, service=service)
 
-    async def answer(call: Any) -> Response:
+    async def answer(call: Any, request: Request | None = None) -> Response:
         async with asyncio.timeout(timeout):
             result = await call
         if isinstance(result, AsyncIterator):
-            return StreamingResponse(result, media_type="text/event-stream")
+            state = request.state if request is not None else None
+            return StreamingResponse(_guarded_stream(result, state), media_type="text/event-stream")
         if isinstance(result, dict):
             return JSONResponse(result)
         return JSONResponse(result.model_dump())
@@ -219,14 +244,14 @@ def create_app(service: OpenAIService) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest, tenant: Tenant) -> Response:
         request.state.llmvm_model = service.model_label(body.model)
-        return await answer(service.completions(body, tenant))
+        return await answer(service.completions(body, tenant), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
         request: Request, body: ChatCompletionRequest, tenant: Tenant
     ) -> Response:
         request.state.llmvm_model = service.model_label(body.model)
-        return await answer(service.chat(body, tenant))
+        return await answer(service.chat(body, tenant), request)
 
     @app.post("/v1/complete")
     async def complete(
