@@ -7,7 +7,7 @@ agree across the driver, ``ray start`` and clients, so they are derived here fro
 
 Finding: the names of the app's deployments, a handle to a model replica and the service's
 URL are computed here only, so the optimizer, synthesis, agents and serve agree on them
-without importing one another.
+without importing one another; ``generate`` is the one way they call a replica.
 """
 
 from __future__ import annotations
@@ -89,6 +89,18 @@ def model_handle(config: Config, model_name: str) -> Any:
     return serve.get_deployment_handle(
         deployment_name(config.model(model_name)), app_name=config.serve.app_name
     )
+
+
+async def generate(handle: Any, *args: Any) -> Any:
+    """``handle.generate`` on a model replica, tried once more when the replica that took it
+    died (Serve routes the retry to a live one). Safe because every request carries its seed:
+    the retry gives the same text. Streams are not retried: their deltas already went out."""
+    from ray.exceptions import RayActorError
+
+    try:
+        return await handle.generate.remote(*args)
+    except RayActorError:
+        return await handle.generate.remote(*args)
 
 
 def service_url(config: Config) -> str:

@@ -23,7 +23,7 @@ from llmvm_ray.config import Config
 from llmvm_ray.engine.types import GenerationRequest, GuidedSpec, SamplingParams
 from llmvm_ray.errors import LLMVMError
 from llmvm_ray.protocol import new_id
-from llmvm_ray.runtime import model_handle
+from llmvm_ray.runtime import generate, model_handle
 
 # A count above this is not a token count (a teacher's usage is checked before it is used).
 _MAX_USAGE_TOKENS = 10_000_000
@@ -199,7 +199,7 @@ class HostedTeacher:
         started = time.perf_counter()
         request = GenerationRequest(new_id("teacher"), call.context + call.prompt, call.params)
         try:
-            result = await self._handle.generate.remote(request)
+            result = await generate(self._handle, request)
         except LLMVMError:
             raise
         except Exception as exc:

@@ -27,7 +27,7 @@ from llmvm_ray.optimizer import scoring
 from llmvm_ray.optimizer.state import GateResult, TaskState
 from llmvm_ray.optimizer.synthesis import synthesize_for_task
 from llmvm_ray.optimizer.task import TaskSpec
-from llmvm_ray.runtime import model_handle
+from llmvm_ray.runtime import generate, model_handle
 from llmvm_ray.store import datasets
 from llmvm_ray.store.fs import Storage
 from llmvm_ray.train.service import FinetuneService
@@ -166,6 +166,10 @@ class OptimizerActor:
         else:
             state.teacher_calls += 1
         self.metrics.answered(by, prompt_tokens + completion_tokens)
+
+    async def fallback(self, task_id: str) -> None:
+        """A student-routed call that the teacher answered: no student replica did."""
+        self._task(task_id).fallbacks += 1
 
     async def shadow_result(self, task_id: str, agree: bool) -> None:
         """One shadow comparison; rolls the task back to the teacher on drift."""
@@ -428,8 +432,9 @@ class OptimizerActor:
             handle = model_handle(self.config, spec.student)
             results = await asyncio.gather(
                 *(
-                    handle.generate.remote(
-                        GenerationRequest(f"gate-{run_id}-{i}", r["prompt"], params, adapter)
+                    generate(
+                        handle,
+                        GenerationRequest(f"gate-{run_id}-{i}", r["prompt"], params, adapter),
                     )
                     for i, r in enumerate(rows)
                 )

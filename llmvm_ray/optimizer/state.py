@@ -48,6 +48,7 @@ class TaskState(BaseModel):
     teacher_calls: int = 0
     student_calls: int = 0
     shadow_calls: int = 0
+    fallbacks: int = Field(0, description="Student-routed calls the teacher answered instead.")
     teacher_tokens_saved: int = 0
     prompt_tokens: int = Field(0, description="Prompt tokens of answers (either route).")
     completion_tokens: int = Field(0, description="Completion tokens of answers.")
@@ -92,6 +93,7 @@ class TaskState(BaseModel):
                 "teacher": self.teacher_calls,
                 "student": self.student_calls,
                 "shadow": self.shadow_calls,
+                "fallback": self.fallbacks,
             },
             "teacher_calls_saved": self.student_calls,
             "teacher_tokens_saved": self.teacher_tokens_saved,

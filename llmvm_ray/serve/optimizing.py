@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ray.exceptions import RayActorError
+
 from llmvm_ray.agents.service import AgentService, agent_payload
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest, SamplingParams
@@ -40,6 +42,7 @@ from llmvm_ray.protocol import (
     new_id,
     now,
 )
+from llmvm_ray.runtime import generate
 from llmvm_ray.serve import openai_api as oa
 from llmvm_ray.teachers import Teacher, TeacherCall, TeacherError, build_teacher
 
@@ -120,12 +123,19 @@ class OptimizingPath:
             spec.to_dict(), call.finetune, call.data_synthesis
         )
         task_id = decision["task_id"]
-        if decision["route"] == "student":
+        route = decision["route"]
+        result = None
+        if route == "student":
             adapter = AdapterRef(**decision["adapter"])
             # The student never sees the context: it learned to imply it.
-            result = await student.generate.remote(
-                GenerationRequest(new_id("student"), call.prompt, call.params, adapter)
-            )
+            request = GenerationRequest(new_id("student"), call.prompt, call.params, adapter)
+            try:
+                result = await generate(student, request)
+            except RayActorError:  # no student replica answers: the teacher still can
+                logger.warning("task %s: student unavailable, the teacher answers", task_id)
+                route = "teacher"
+                self.optimizer.fallback.remote(task_id)
+        if result is not None:
             choice = result.choices[0]
             self.optimizer.served.remote(
                 task_id, "student", result.prompt_tokens, choice.completion_tokens
@@ -151,7 +161,7 @@ class OptimizingPath:
         meta = LLMVMMetadata.since(
             started,
             model=OPTIMIZING_MODEL,
-            served_by=decision["route"],
+            served_by=route,
             seed=call.params.seed,
             prompt_tokens=tokens[0],
             completion_tokens=tokens[1],

@@ -37,6 +37,7 @@ from llmvm_ray.protocol import (
     new_id,
     now,
 )
+from llmvm_ray.runtime import generate
 from llmvm_ray.serve import openai_api as oa
 from llmvm_ray.serve.optimizing import OPTIMIZING_MODEL, OptimizingEndpoints
 from llmvm_ray.serve.stats import collect_stats
@@ -237,7 +238,7 @@ class OpenAIService:
                 usage_chunk if _wants_usage(request) else None,
                 prologue,
             )
-        results = await asyncio.gather(*(handle.generate.remote(r) for r in gen_requests))
+        results = await asyncio.gather(*(generate(handle, r) for r in gen_requests))
         usage = oa.usage_of(results)
         meta = oa.metadata(target, seed, started, usage)
         self.metrics.observe("completions", target.requested, meta)
@@ -305,7 +306,7 @@ class OpenAIService:
                 (lambda usage: make_chunk([], usage=usage)) if _wants_usage(request) else None,
                 prologue,
             )
-        result = await handle.generate.remote(gen_request, messages)
+        result = await generate(handle, gen_request, messages)
         usage = oa.usage_of([result])
         meta = oa.metadata(target, seed, started, usage)
         self.metrics.observe("chat", target.requested, meta)
