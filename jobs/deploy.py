@@ -21,7 +21,7 @@ import threading
 import time
 
 from llmvm_ray.config import load_config
-from llmvm_ray.errors import LLMVMError
+from llmvm_ray.errors import ConfigError, LLMVMError
 from llmvm_ray.runtime import init_ray
 from llmvm_ray.serve.rollout import (
     EXIT_BAD_CONFIG,
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             result = delete_app(config, _log)
         else:
             result = rollout(config, _log, stop.is_set, timeout_s=args.timeout_s)
+    except ConfigError as exc:  # e.g. the app cannot fit the cluster: nothing was deployed
+        print(exc.message, file=sys.stderr, flush=True)
+        return EXIT_BAD_CONFIG
     except Exception as exc:  # noqa: BLE001 - e.g. Serve refusing the app: say so, exit 1
         _log(f"FAILED: {type(exc).__name__}: {exc}")
         return EXIT_FAILED

@@ -239,6 +239,12 @@ class OptimizerConfig(Section):
     retrain_growth: float = Field(
         2.0, ge=1.0, description="A task retrains once its examples grew by this factor."
     )
+    finetune_retry_s: float = Field(
+        60.0, ge=0, description="Wait before retrying a task's fine-tune that failed to run."
+    )
+    gate_timeout_s: float = Field(
+        600.0, gt=0, description="A gate still scoring after this fails (never promotes)."
+    )
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of recorded examples held out for the gate."
     )

@@ -322,6 +322,11 @@ class OptimizerActor:
         """What the next fine-tune waits for, in words (None: it is due)."""
         if state.active_run:
             return f"fine-tune {state.active_run} to finish"
+        if state.retry_at is not None and time.time() < state.retry_at:
+            return (
+                f"{state.retry_at - time.time():.0f} s before retrying the fine-tune that did "
+                f"not run (finetune_retry_s {self.opt.finetune_retry_s:g})"
+            )
         train_rows = state.examples - state.holdout
         if train_rows < self.opt.min_train_examples:
             return (
@@ -361,7 +366,7 @@ class OptimizerActor:
             train_uri,
             [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
         )
-        state.trained_on = state.examples
+        state.trained_on_before_run, state.trained_on = state.trained_on, state.examples
         try:
             run = await asyncio.to_thread(
                 self.finetunes.create,
@@ -376,12 +381,19 @@ class OptimizerActor:
         except Exception as exc:
             logger.exception("task %s: could not start a fine-tune", state.task_id)
             state.event("finetune_rejected", error=str(exc))
+            self._run_did_not_train(state)
             self._save(state)
             return
         state.active_run = run.id
         state.runs.append(run.id)
         state.event("finetune_started", run_id=run.id, examples=len(rows))
         self._save(state)
+
+    def _run_did_not_train(self, state: TaskState) -> None:
+        """A fine-tune that was rejected or did not succeed trained nothing: the next one
+        waits for ``finetune_retry_s``, not for ``retrain_growth`` more rows."""
+        state.trained_on = state.trained_on_before_run
+        state.retry_at = time.time() + self.opt.finetune_retry_s
 
     async def _follow_run(self, state: TaskState) -> None:
         run_id = state.active_run
@@ -393,6 +405,7 @@ class OptimizerActor:
         if run.status != "SUCCEEDED" or not run.output_path:
             state.active_run = None
             state.event("finetune_ended", run_id=run_id, status=str(run.status), error=run.error)
+            self._run_did_not_train(state)
             self._save(state)
             return
         self.gating.add(run_id)
@@ -430,16 +443,15 @@ class OptimizerActor:
         params = spec.sampling(GATE_SEED)
         try:
             handle = model_handle(self.config, spec.student)
-            results = await asyncio.gather(
-                *(
-                    generate(
-                        handle,
-                        GenerationRequest(f"gate-{run_id}-{i}", r["prompt"], params, adapter),
-                    )
-                    for i, r in enumerate(rows)
+            calls = (
+                generate(
+                    handle, GenerationRequest(f"gate-{run_id}-{i}", r["prompt"], params, adapter)
                 )
+                for i, r in enumerate(rows)
             )
-        except Exception as exc:  # e.g. the adapter does not load: never promote it
+            # Bounded: a student replica that never answers must not hold the task forever.
+            results = await asyncio.wait_for(asyncio.gather(*calls), self.opt.gate_timeout_s)
+        except Exception as exc:  # the adapter does not load, a timeout: never promote it
             logger.exception("task %s: gate of %s failed", state.task_id, run_id)
             return GateResult(
                 run_id=run_id,

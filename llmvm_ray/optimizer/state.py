@@ -41,6 +41,10 @@ class TaskState(BaseModel):
     holdout: int = Field(0, description="Rows held out for the gate.")
     synthesized: int = 0
     trained_on: int = Field(0, description="`examples` when the last fine-tune started.")
+    trained_on_before_run: int = Field(
+        0, description="`trained_on` before the active run: restored if that run fails."
+    )
+    retry_at: float | None = Field(None, description="When a failed fine-tune may be retried.")
     active_run: str | None = None
     runs: list[str] = Field(default_factory=list)
     gates: list[GateResult] = Field(default_factory=list)

@@ -178,11 +178,15 @@ def test_deploy_job_fails_on_a_bad_config(jobs, setup):
 
 
 def test_ray_job_stop_during_a_deploy_removes_the_new_app(jobs, head, setup, tmp_path):
-    """A deploy that cannot finish (its model asks for more CPUs than the cluster has) is
-    stopped; the app it created is deleted again, not left DEPLOYING forever."""
+    """A deploy that cannot finish (its model asks for more CPUs than the cluster has, with
+    the fit check off as on an autoscaling cluster) is stopped; the app it created is
+    deleted again, not left DEPLOYING forever."""
     config = tmp_path / "stuck.toml"
     text = setup["one"].read_text()
-    text = text.replace('app_name = "ops-test"', 'app_name = "ops-stuck"\nroute_prefix = "/stuck"')
+    text = text.replace(
+        'app_name = "ops-test"',
+        'app_name = "ops-stuck"\nroute_prefix = "/stuck"\ncheck_fits = false',
+    )
     config.write_text(text.replace("num_cpus = 0.25", "num_cpus = 64"))  # never placeable
     job_id = submit(jobs, f"python jobs/deploy.py --config {config}")
     wait_for(
@@ -203,6 +207,15 @@ def test_ray_job_stop_during_a_deploy_removes_the_new_app(jobs, head, setup, tmp
         60,
         "the app to be deleted",
     )
+
+
+def test_a_deploy_that_cannot_fit_the_cluster_exits_two_at_once(jobs, head, setup, tmp_path):
+    config = tmp_path / "big.toml"
+    text = setup["one"].read_text().replace('app_name = "ops-test"', 'app_name = "ops-big"')
+    config.write_text(text.replace("num_cpus = 0.25", "num_cpus = 64"))
+    status, logs = finish(jobs, submit(jobs, f"python jobs/deploy.py --config {config}"))
+    assert status == "FAILED" and "needs 64.1 CPUs" in logs and "cluster has 4" in logs, logs
+    assert "ops-big" not in _serve_apps(head)
 
 
 @pytest.mark.slow

@@ -384,6 +384,10 @@ def test_a_failed_fine_tune_leaves_the_task_serving(failing_loop):
     view = a.task(task_id)
     assert view["route"] == "teacher" and view["active_fine_tune"] is None and not view["gate"]
     assert ask(a)[0]["llmvm"]["served_by"] == "teacher"
+    # A run that failed trained nothing: the next waits out finetune_retry_s, not for
+    # retrain_growth times more rows.
+    waits_for = view["next_fine_tune_waits_for"]
+    assert "before retrying the fine-tune" in waits_for, waits_for
 
 
 ISO_DATE = r" [0-9]{4}-[0-9]{2}-[0-9]{2}"
