@@ -138,8 +138,34 @@ class ServeConfig(Section):
         False,
         description="Serve without `api_keys` on a non-loopback `host` (refused otherwise).",
     )
+    # Request limits: each is checked at the edge, before the request reaches a model, and
+    # refused with a 4xx naming the field (docs/api.md, "Limits").
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="Largest request body in bytes, refused (413) before it is parsed or "
+        "authenticated.",
+    )
+    max_prompts: int = Field(64, ge=1, description="Most prompts in one completions `prompt` list.")
+    max_prompt_chars: int = Field(
+        200_000,
+        ge=1,
+        description="Longest prompt, `context`, message content or agent question in characters "
+        "(the context length in tokens is the model's `max_model_len`).",
+    )
+    max_messages: int = Field(256, ge=1, description="Most chat `messages` per request.")
     max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences per request.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence in characters.")
     max_n: int = Field(8, ge=1, description="Most choices (`n`) per request.")
+    max_guided_choices: int = Field(256, ge=1, description="Most strings in `guided_choice`.")
+    max_guide_chars: int = Field(
+        65_536,
+        ge=1,
+        description="Largest guide in characters: `guided_regex`, the JSON schema "
+        "(`guided_json` / `response_format`, serialized) or all `guided_choice` strings "
+        "together; a larger one is refused before it is compiled.",
+    )
+    max_tools: int = Field(32, ge=0, description="Most `tools` in one `/v1/complete` or agent run.")
     request_timeout_s: float = Field(
         300.0, gt=0, description="A request still unanswered after this gets a 504."
     )

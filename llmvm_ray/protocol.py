@@ -10,9 +10,10 @@ which is where the official ``openai`` client puts ``extra_body`` keys.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,7 +24,13 @@ from pydantic import (
     model_validator,
 )
 
-from llmvm_ray.limits import MAX_PENALTY, MAX_TEMPERATURE
+from llmvm_ray.limits import (
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_PENALTY,
+    MAX_TEMPERATURE,
+)
 
 MAX_SEED = 2**63 - 1
 
@@ -123,8 +130,10 @@ class SamplingFields(GuidedFields):
         """Keys must be token ids to be converted; the bounds (entries, bias range, ids in
         the vocabulary, no repeats) are the engine's ``check_params``."""
         for key in v or {}:
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses, and a
+            # 5000-digit key exceeds int()'s limit; token ids fit in 10 digits.
+            if not re.fullmatch(r"[0-9]{1,10}", key):
+                raise ValueError(f"keys must be token ids, got {key[:32]!r}")
         return v
 
     @model_validator(mode="after")
@@ -205,6 +214,20 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
+# OpenAI chat fields this server does not implement: refused when set, never ignored (a
+# client sending `tools` must not silently get an answer that ignores them).
+_UNSUPPORTED_CHAT_FIELDS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "top_logprobs",
+    "audio",
+    "prediction",
+    "web_search_options",
+)
+
+
 class ChatCompletionRequest(SamplingFields):
     model: str = Field(..., min_length=1)
     messages: list[ChatMessage] = Field(..., min_length=1)
@@ -215,6 +238,17 @@ class ChatCompletionRequest(SamplingFields):
     # prompt; `finetune` is LLM-VM's flag.
     context: str | None = None
     finetune: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported_chat(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _UNSUPPORTED_CHAT_FIELDS:
+                if data.get(name) not in (None, [], False):
+                    raise FieldError(name, f"{name} is not supported")
+            if data.get("modalities") not in (None, ["text"]):
+                raise FieldError("modalities", "only the text modality is supported")
+        return data
 
     @model_validator(mode="after")
     def _format(self) -> ChatCompletionRequest:
@@ -388,8 +422,6 @@ class CompleteRequest(GuidedFields):
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > 4:
-            raise ValueError("at most 4 stop tokens are allowed")
         if any(s == "" for s in items):
             raise ValueError("stop tokens must be non-empty strings")
         return v
@@ -414,13 +446,84 @@ class AgentRunRequest(_Request):
     """``POST /v1/agents/runs``: answer ``question`` with one of the agents and ``tools``."""
 
     agent: Literal["rebel", "backward", "flat"] = "rebel"
-    question: str = Field(..., min_length=1, max_length=4000)
-    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    question: str = Field(..., min_length=1)
+    tools: list[ToolSpec] = Field(default_factory=list)
     big_model: str | None = Field(None, description="Teacher of the decision steps.")
     small_model: str | None = Field(None, description="Student of the decision steps.")
     finetune: StrictBool | None = Field(
         None, description="Record the decision steps for distillation (default: config)."
     )
+
+
+# -- POST /v1/fine_tuning/jobs ------------------------------------------------------------------
+
+Auto = Literal["auto"]
+
+
+class FineTuneHyperparameters(BaseModel):
+    """OpenAI's hyperparameters; an unknown one is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    n_epochs: Auto | Annotated[int, Field(ge=1)] | None = None
+    batch_size: Auto | Annotated[int, Field(ge=1)] | None = None
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] | None = None
+
+
+class FineTuneSupervised(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: FineTuneHyperparameters | None = None
+
+
+class FineTuneMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
+    supervised: FineTuneSupervised | None = None
+
+
+class FineTuneExtension(BaseModel):
+    """The ``llmvm`` object of a create-job body: any ``train.*`` field under
+    ``hyperparameters`` (checked against ``TrainConfig`` by the fine-tune service), and the
+    task the run belongs to."""
+
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: dict[str, Any] | None = None
+    task_id: str | None = Field(None, min_length=1, max_length=128)
+    context: str | None = None
+
+
+class FineTuneJobRequest(_Request):
+    """OpenAI's ``fine_tuning.jobs.create`` body (``train/openai_api.py`` maps it)."""
+
+    model: str = Field(..., min_length=1)
+    training_file: str = Field(..., min_length=1, description="Dataset path under storage_path.")
+    validation_file: str | None = None
+    hyperparameters: FineTuneHyperparameters | None = None
+    method: FineTuneMethod | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    suffix: str | None = Field(None, max_length=64)
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    llmvm: FineTuneExtension | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        """OpenAI's bounds on ``metadata``."""
+        if v is not None and len(v) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+        for key, value in (v or {}).items():
+            if len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(
+                    f"keys take at most {MAX_METADATA_KEY_CHARS} characters, values "
+                    f"{MAX_METADATA_VALUE_CHARS}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _not_honoured(self) -> FineTuneJobRequest:
+        if self.integrations:
+            raise FieldError("integrations", "integrations are not supported")
+        return self
 
 
 class ModelCard(BaseModel):

@@ -12,6 +12,7 @@ without importing one another; ``generate`` is the one way they call a replica.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -94,13 +95,21 @@ def model_handle(config: Config, model_name: str) -> Any:
 async def generate(handle: Any, *args: Any) -> Any:
     """``handle.generate`` on a model replica, tried once more when the replica that took it
     died (Serve routes the retry to a live one). Safe because every request carries its seed:
-    the retry gives the same text. Streams are not retried: their deltas already went out."""
+    the retry gives the same text. Streams are not retried: their deltas already went out.
+    Cancelling the caller cancels the replica's work too."""
     from ray.exceptions import RayActorError
 
-    try:
-        return await handle.generate.remote(*args)
-    except RayActorError:
-        return await handle.generate.remote(*args)
+    for attempt in (1, 2):
+        response = handle.generate.remote(*args)
+        try:
+            return await response
+        except RayActorError:
+            if attempt == 2:
+                raise
+        except asyncio.CancelledError:
+            response.cancel()  # the caller gave up: so does the replica (Serve does not)
+            raise
+    raise AssertionError("unreachable")
 
 
 def service_url(config: Config) -> str:

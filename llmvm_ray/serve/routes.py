@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.exceptions import RayActorError, RayError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,8 +32,10 @@ from llmvm_ray.protocol import (
     ErrorDetail,
     ErrorResponse,
     FieldError,
+    FineTuneJobRequest,
 )
 from llmvm_ray.serve.openai_api import SSE_DONE, sse
+from llmvm_ray.serve.request_limits import check_request
 from llmvm_ray.serve.service import OpenAIService
 
 logger = logging.getLogger(__name__)
@@ -205,6 +208,58 @@ class _RequestCounter:
             self.metrics.request(route, model, state.get("llmvm_stream_status", status))
 
 
+class BodyLimit:
+    """Refuses a request body larger than ``max_bytes`` (413) before the app parses it or
+    checks its key: at once by its ``Content-Length``, else (chunked) after reading at most
+    ``max_bytes`` of it, which it then hands on as one message.
+
+    Not FastAPI's own ``max_body_size``: whenever ``Content-Length`` is too large, that one
+    replaces any answer with a plain-text 413, not OpenAI's error shape.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None:  # the server holds the body to its Content-Length
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        body, message = bytearray(), await receive()
+        while message["type"] == "http.request":
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                message = {"type": "http.request", "body": bytes(body), "more_body": False}
+                break
+            message = await receive()
+        first: list[Message] = [message]
+
+        async def replay() -> Message:
+            return first.pop() if first else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            f"the request body is larger than {self.max_bytes} bytes (serve.max_body_bytes)",
+            "invalid_request_error",
+            param="body",
+            code="request_too_large",
+        )
+        await response(scope, receive, send)
+
+
 def create_app(service: OpenAIService) -> FastAPI:
     """The ASGI app of one ingress replica, bound to its service."""
     config = service.config.serve
@@ -219,7 +274,9 @@ def create_app(service: OpenAIService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), type_)
+        # FastAPI's only 400 is a body it could not parse (nested too deep, not UTF-8).
+        param = "body" if exc.status_code == 400 else None
+        return error_response(exc.status_code, str(exc.detail), type_, param=param)
 
     async def _on_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(*_error_fields(exc))
@@ -229,7 +286,8 @@ def create_app(service: OpenAIService) -> FastAPI:
     for exc_class in (LLMVMError, RayError, TimeoutError, Exception):
         app.add_exception_handler(exc_class, _on_error)
 
-    app.add_middleware(_RequestCounter, service=service)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(_RequestCounter, service=service)  # outermost: it counts the 413s too
 
     async def answer(call: Any, request: Request | None = None) -> Response:
         async with asyncio.timeout(timeout):
@@ -244,6 +302,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest, tenant: Tenant) -> Response:
         request.state.llmvm_model = service.model_label(body.model)
+        check_request(body, config)
         return await answer(service.completions(body, tenant), request)
 
     @app.post("/v1/chat/completions")
@@ -251,6 +310,7 @@ def create_app(service: OpenAIService) -> FastAPI:
         request: Request, body: ChatCompletionRequest, tenant: Tenant
     ) -> Response:
         request.state.llmvm_model = service.model_label(body.model)
+        check_request(body, config)
         return await answer(service.chat(body, tenant), request)
 
     @app.post("/v1/complete")
@@ -259,6 +319,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     ) -> Response:
         """LLM-VM's completion call, through the optimizer (with ``tools``: REBEL)."""
         request.state.llmvm_model = service.model_label("llmvm")
+        check_request(body, config)
         return await answer(service.optimizing_endpoints().complete(body, tenant, key))
 
     @app.post("/v1/agents/runs")
@@ -267,6 +328,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     ) -> Response:
         """One agent run (rebel, backward or flat) with its full trace."""
         request.state.llmvm_model = service.model_label("llmvm")
+        check_request(body, config)
         return await answer(service.optimizing_endpoints().agent_run(body, tenant, key))
 
     @app.get("/v1/models")
@@ -282,8 +344,9 @@ def create_app(service: OpenAIService) -> FastAPI:
         return JSONResponse(await service.optimizing_endpoints().task(tenant, task_id))
 
     @app.post("/v1/fine_tuning/jobs")
-    async def create_fine_tune(body: dict[str, Any], tenant: Tenant) -> Response:
-        return await answer(service.finetune_call("create_job", body, tenant))
+    async def create_fine_tune(body: FineTuneJobRequest, tenant: Tenant) -> Response:
+        fields = body.model_dump(exclude_none=True)
+        return await answer(service.finetune_call("create_job", fields, tenant))
 
     @app.get("/v1/fine_tuning/jobs")
     async def list_fine_tunes(

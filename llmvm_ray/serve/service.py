@@ -15,11 +15,7 @@ from typing import Any, Protocol
 
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationResult, StreamDelta
-from llmvm_ray.errors import (
-    InvalidRequestError,
-    NotFoundError,
-    ServiceUnavailableError,
-)
+from llmvm_ray.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from llmvm_ray.observability.metrics import ServeMetrics
 from llmvm_ray.protocol import (
     ChatChunkChoice,
@@ -166,15 +162,6 @@ class OpenAIService:
 
     # -- completions --------------------------------------------------------------------
 
-    def _check_limits(self, request: CompletionRequest | ChatCompletionRequest) -> None:
-        limits = self.config.serve
-        if len(request.stop_list()) > limits.max_stop_sequences:
-            raise InvalidRequestError(
-                f"at most {limits.max_stop_sequences} stop sequences are allowed", param="stop"
-            )
-        if request.n > limits.max_n:
-            raise InvalidRequestError(f"n must be at most {limits.max_n}", param="n")
-
     def _default_max_tokens(self, target: oa.Target) -> int:
         return self.config.model(target.base).default_max_tokens
 
@@ -182,9 +169,9 @@ class OpenAIService:
         self, request: CompletionRequest, tenant: str
     ) -> CompletionResponse | AsyncIterator[str]:
         started = time.perf_counter()
-        self._check_limits(request)
         if request.model == OPTIMIZING_MODEL:
             return await self.optimizing_endpoints().completion(request, tenant)
+        _plain_model(request)
         target = await self.resolve(request.model, tenant)
         seed = oa.seed_of(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
@@ -238,7 +225,8 @@ class OpenAIService:
                 usage_chunk if _wants_usage(request) else None,
                 prologue,
             )
-        results = await asyncio.gather(*(generate(handle, r) for r in gen_requests))
+        calls = [asyncio.ensure_future(generate(handle, r)) for r in gen_requests]
+        results = await _all_or_cancel(calls)
         usage = oa.usage_of(results)
         meta = oa.metadata(target, seed, started, usage)
         self.metrics.observe("completions", target.requested, meta)
@@ -256,9 +244,9 @@ class OpenAIService:
         self, request: ChatCompletionRequest, tenant: str
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         started = time.perf_counter()
-        self._check_limits(request)
         if request.model == OPTIMIZING_MODEL:
             return await self.optimizing_endpoints().chat(request, tenant)
+        _plain_model(request)
         target = await self.resolve(request.model, tenant)
         seed = oa.seed_of(request.seed)
         params = oa.sampling_params(request, self._default_max_tokens(target), seed)
@@ -333,7 +321,11 @@ class OpenAIService:
         event, which costs content tokens no latency), so clients that read
         ``chunk.choices[0]`` never meet an empty chunk unless they asked for usage.
         """
-        firsts = await asyncio.gather(*(s.__anext__() for s in streams))
+        try:
+            firsts = await asyncio.gather(*(s.__anext__() for s in streams))
+        except BaseException:
+            _cancel(streams)
+            raise
 
         async def events() -> AsyncIterator[str]:
             for chunk in prologue:
@@ -366,6 +358,32 @@ class OpenAIService:
             yield oa.SSE_DONE
 
         return events()
+
+
+def _plain_model(request: CompletionRequest | ChatCompletionRequest) -> None:
+    """The optimizer's extensions mean nothing to a plain model: refused, not ignored."""
+    for name in ("context", "finetune", "data_synthesis"):
+        if getattr(request, name, None):
+            raise InvalidRequestError(
+                f"{name} is only available with model '{OPTIMIZING_MODEL}'", param=name
+            )
+
+
+async def _all_or_cancel(responses: list[Any]) -> list[GenerationResult]:
+    """The results of a batch's replica calls; when one fails (a prompt the engine refuses),
+    the calls still running are cancelled rather than decoded for an answer nobody gets."""
+    try:
+        return list(await asyncio.gather(*responses))
+    except BaseException:
+        _cancel(responses)
+        raise
+
+
+def _cancel(responses: list[Any]) -> None:
+    """Cancel replica calls (tasks of ``runtime.generate``, or Serve's response generators);
+    finished ones ignore it."""
+    for response in responses:
+        response.cancel()
 
 
 def _wants_usage(request: CompletionRequest | ChatCompletionRequest) -> bool:
