@@ -7,21 +7,34 @@ enough new examples, gates the result on held-out teacher answers through the re
 path, promotes or rejects it, and rolls a task back when shadow agreement drifts.
 
 The request path never waits for any of that: routing is an in-memory lookup; recording is a
-buffer append; fine-tunes, gates and flushes run in a background loop. Model calls happen in
+journal write (below) and a buffer append; fine-tunes, gates and flushes run in a background
+loop, which resumes by itself when the actor restarts.
+
+Durability: a recorded row is acknowledged only once it is in the task's journal
+(``tasks/<tenant>/<task>/journal/``, one small file per ``record`` call, written atomically);
+flushing a buffer to a Parquet part deletes the journal files it covers. A restarted actor
+replays what the journals hold beyond the dataset, so a kill loses no acknowledged row; its
+counters are recomputed from the data. A state file or Parquet part that cannot be read is
+moved to ``quarantine/`` and reported, and the other tasks load as usual. Model calls happen in
 the ingress, not here, so this actor never becomes the throughput bottleneck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 import time
+import uuid
 from typing import Any
+
+import ray
 
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest
-from llmvm_ray.errors import NotFoundError
+from llmvm_ray.errors import NotFoundError, ServiceUnavailableError
 from llmvm_ray.observability.metrics import OptimizerMetrics
 from llmvm_ray.optimizer import scoring
 from llmvm_ray.optimizer.state import GateResult, TaskState
@@ -36,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "llmvm-optimizer"
 STATE_FILE = "state.json"
+JOURNAL_DIR = "journal"
+QUARANTINE_DIR = "quarantine"
 GATE_SEED = 0
 LOOP_INTERVAL_S = 0.25
 
@@ -48,6 +63,7 @@ class OptimizerActor:
         self.tasks: dict[str, TaskState] = {}
         self.seen_prompts: dict[str, set[str]] = {}
         self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.journals: dict[str, list[str]] = {}  # journal files of the buffered rows
         self.buffered_since: dict[str, float] = {}
         self.gating: set[str] = set()
         # data_synthesis: tasks that asked for it, and those synthesizing now (synthesis/).
@@ -60,6 +76,13 @@ class OptimizerActor:
         self.metrics = OptimizerMetrics(config.serve.app_name, self.opt.teacher_cost_per_1k_tokens)
         self._load()
         self._report_tasks()
+        # Resume the background loop (flush replayed rows, follow runs) without waiting for
+        # traffic: a call to ourselves, served once this constructor returns.
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+            ray.get_runtime_context().current_actor.resume.remote()
+
+    async def resume(self) -> None:
+        self._ensure_loop()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -73,14 +96,90 @@ class OptimizerActor:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(root, recursive=True)
-        for info in self.storage.filesystem.get_file_info(selector):
-            if info.base_name != STATE_FILE:
+        states = [
+            info.path
+            for info in self.storage.filesystem.get_file_info(selector)
+            if info.base_name == STATE_FILE and f"/{QUARANTINE_DIR}/" not in info.path
+        ]
+        replayed = 0
+        for path in states:
+            try:
+                state = TaskState.model_validate_json(self.storage.read_bytes(path))
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+                self._quarantine(path, exc)
                 continue
-            state = TaskState.model_validate_json(self.storage.read_bytes(info.path))
             self.tasks[state.task_id] = state
-            rows = self._rows(state)
+            rows = self._readable_rows(state)
             self.seen_prompts[state.task_id] = {r["prompt"] for r in rows}
-        logger.info("optimizer: loaded %d tasks", len(self.tasks))
+            rows += self._replay(state)
+            replayed += len(rows) - len(self.seen_prompts[state.task_id])
+            # The data is the truth: counters saved before a kill may lag behind it.
+            state.examples = len(rows)
+            state.holdout = sum(r.get("split") == "holdout" for r in rows)
+            state.synthesized = sum(r.get("source") == "synthesis" for r in rows)
+        logger.info("optimizer: loaded %d tasks, replayed %d rows", len(self.tasks), replayed)
+
+    def _journal_dir(self, state: TaskState) -> str:
+        return self.storage.path("tasks", state.tenant, state.task_id, JOURNAL_DIR)
+
+    def _journal(self, state: TaskState, rows: list[dict[str, Any]]) -> str:
+        """Write ``rows`` durably before they are acknowledged; return the journal file."""
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        path = f"{self._journal_dir(state)}/{name}"
+        self.storage.write_bytes(path, json.dumps(rows).encode())
+        return path
+
+    def _forget(self, journals: list[str]) -> None:
+        for path in journals:
+            with contextlib.suppress(FileNotFoundError):
+                self.storage.filesystem.delete_file(path)
+
+    def _replay(self, state: TaskState) -> list[dict[str, Any]]:
+        """Journaled rows not yet in the dataset, back into the buffer (flushed by the loop)."""
+        seen = self.seen_prompts[state.task_id]
+        rows: list[dict[str, Any]] = []
+        journals = self.storage.list_files(self._journal_dir(state), ".json")
+        for path in journals:
+            try:
+                entries = json.loads(self.storage.read_bytes(path))
+            except Exception as exc:  # noqa: BLE001 - a torn write was never acknowledged
+                self._quarantine(path, exc, state)
+                continue
+            for row in entries:
+                if row["prompt"] not in seen:
+                    seen.add(row["prompt"])
+                    rows.append(row)
+        if journals:
+            self.buffers.setdefault(state.task_id, []).extend(rows)
+            self.journals.setdefault(state.task_id, []).extend(journals)
+            self.buffered_since[state.task_id] = time.monotonic()
+        return rows
+
+    def _readable_rows(self, state: TaskState) -> list[dict[str, Any]]:
+        """The task's rows; a part that cannot be read is quarantined, not fatal."""
+        try:
+            return self._rows(state)
+        except Exception:  # noqa: BLE001 - find the bad part(s) and set them aside
+            pass
+        directory = self.storage.path(datasets.dataset_path(state.tenant, state.task_id))
+        rows: list[dict[str, Any]] = []
+        for part in self.storage.list_files(directory, ".parquet"):
+            try:
+                rows += datasets.read_examples(self.storage, part)
+            except Exception as exc:  # noqa: BLE001
+                self._quarantine(part, exc, state)
+        return rows
+
+    def _quarantine(self, path: str, exc: BaseException, state: TaskState | None = None) -> None:
+        """Move an unreadable file aside (``quarantine/`` under the storage root, same
+        relative path) and report it: in the log, and in its task's events."""
+        relative = path.removeprefix(self.storage.root).lstrip("/")
+        target = self.storage.path(QUARANTINE_DIR, f"{relative}.{time.time_ns()}")
+        self.storage.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        self.storage.filesystem.move(path, target)
+        logger.error("optimizer: quarantined %s (%s: %s)", path, type(exc).__name__, exc)
+        if state is not None:
+            state.event("quarantined", path=relative, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _save(self, state: TaskState) -> None:
         self.storage.write_bytes(
@@ -133,8 +232,7 @@ class OptimizerActor:
         state = self._task(task_id)
         seen = self.seen_prompts.setdefault(task_id, set())
         every = max(2, round(1 / self.opt.holdout_fraction))
-        buffer = self.buffers.setdefault(task_id, [])
-        added = 0
+        new: list[dict[str, Any]] = []
         for row in rows:
             if row["prompt"] in seen or state.examples >= self.opt.max_train_examples:
                 continue
@@ -142,17 +240,33 @@ class OptimizerActor:
             split = "holdout" if state.examples % every == every - 1 else "train"
             if row.get("source") == "synthesis":
                 split = "train"  # the gate measures against real teacher answers only
-            state.examples += 1
-            state.holdout += split == "holdout"
-            state.synthesized += row.get("source") == "synthesis"
-            buffer.append({**row, "split": split, "recorded_at": time.time()})
+            self._count(state, split, row, 1)
+            new.append({**row, "split": split, "recorded_at": time.time()})
+        if not new:
+            return 0
+        try:
+            journal = await asyncio.to_thread(self._journal, state, new)
+        except Exception as exc:
+            for row in new:
+                seen.discard(row["prompt"])
+                self._count(state, row["split"], row, -1)
+            raise ServiceUnavailableError(
+                f"could not record the answer: storage failed ({type(exc).__name__})"
+            ) from exc
+        self.buffers.setdefault(task_id, []).extend(new)
+        self.journals.setdefault(task_id, []).append(journal)
+        for row in new:
             self.metrics.recorded(str(row.get("source") or "teacher"))
-            added += 1
-        if buffer:
-            self.buffered_since.setdefault(task_id, time.monotonic())
-        if len(buffer) >= self.opt.flush_rows:
+        self.buffered_since.setdefault(task_id, time.monotonic())
+        if len(self.buffers[task_id]) >= self.opt.flush_rows:
             await self._flush(task_id)
-        return added
+        return len(new)
+
+    @staticmethod
+    def _count(state: TaskState, split: str, row: dict[str, Any], sign: int) -> None:
+        state.examples += sign
+        state.holdout += sign * (split == "holdout")
+        state.synthesized += sign * (row.get("source") == "synthesis")
 
     async def served(
         self, task_id: str, by: str, prompt_tokens: int, completion_tokens: int
@@ -255,20 +369,23 @@ class OptimizerActor:
 
     async def _flush(self, task_id: str) -> None:
         rows = self.buffers.pop(task_id, [])
+        journals = self.journals.pop(task_id, [])
         self.buffered_since.pop(task_id, None)
-        if not rows:
-            return
         state = self._task(task_id)
         try:
-            await asyncio.to_thread(
-                datasets.append_examples, self.storage, state.tenant, task_id, rows
-            )
+            if rows:
+                await asyncio.to_thread(
+                    datasets.append_examples, self.storage, state.tenant, task_id, rows
+                )
         except Exception:
-            # Keep the rows for the next attempt rather than losing them.
+            # Keep the rows (and their journal) for the next attempt rather than losing them.
             self.buffers.setdefault(task_id, [])[:0] = rows
+            self.journals.setdefault(task_id, [])[:0] = journals
             self.buffered_since.setdefault(task_id, time.monotonic())
             raise
-        self._save(state)
+        if rows or journals:
+            self._save(state)
+        await asyncio.to_thread(self._forget, journals)
 
     # -- data synthesis (optimizer/synthesis.py) --------------------------------------------
 
@@ -491,8 +608,6 @@ def get_optimizer(config: Config) -> Any:
     An existing actor keeps the config it was created with; ``llmvm serve`` of a changed
     config under the same app name should restart it (``ray.kill`` by name) to apply it.
     """
-    import ray
-
     actor = ray.remote(OptimizerActor).options(
         name=actor_name(config),
         namespace=config.ray.namespace,
