@@ -463,6 +463,25 @@ class TrainConfig(Section):
     )
 
 
+class QuotaConfig(Section):
+    """Per-tenant quotas (a tenant is an API key; without keys everyone is one tenant).
+    Exceeding one is a 429 with ``Retry-After``."""
+
+    requests_per_s: float | None = Field(
+        None, gt=0, description="HTTP requests per second per tenant, per ingress replica."
+    )
+    burst_s: float = Field(2.0, gt=0, description="Seconds of `requests_per_s` a burst may use.")
+    max_tasks: int = Field(
+        10_000, ge=1, description="Optimizing tasks (distinct contexts and settings) per tenant."
+    )
+    max_active_finetunes: int = Field(
+        4, ge=1, description="A tenant's API fine-tunes queued or running at once."
+    )
+    retry_after_s: float = Field(
+        30.0, gt=0, description="`Retry-After` of a task or fine-tune quota refusal."
+    )
+
+
 class TrainLimitsConfig(Section):
     """What an API client may ask of a fine-tune (``/v1/fine_tuning/jobs``). The operator's
     own surfaces (``llmvm finetune``, ``jobs/finetune.py``, the optimizer) are not bound."""
@@ -599,6 +618,7 @@ class Config(BaseSettings):
     train_queue: TrainQueueConfig = Field(
         default_factory=TrainQueueConfig, description="Fine-tune queueing."
     )
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="Per-tenant quotas.")
     train_limits: TrainLimitsConfig = Field(
         default_factory=TrainLimitsConfig, description="What API clients may ask of fine-tunes."
     )

@@ -78,3 +78,10 @@ class DeployError(LLMVMError):
 
     status = 503
     type = "deploy_error"
+
+
+class RateLimitError(LLMVMError):
+    """A tenant's quota (requests per second, tasks, fine-tunes) is used up; come back later."""
+
+    status = 429
+    type = "rate_limit_error"

@@ -34,7 +34,7 @@ import ray
 
 from llmvm_ray.config import Config
 from llmvm_ray.engine.types import AdapterRef, GenerationRequest
-from llmvm_ray.errors import NotFoundError, ServiceUnavailableError
+from llmvm_ray.errors import NotFoundError, RateLimitError, ServiceUnavailableError
 from llmvm_ray.observability.metrics import OptimizerMetrics
 from llmvm_ray.optimizer import scoring
 from llmvm_ray.optimizer.state import GateResult, TaskState
@@ -207,6 +207,13 @@ class OptimizerActor:
         task_id = task_spec.task_id
         state = self.tasks.get(task_id)
         if state is None:
+            quota = self.config.quotas
+            if sum(s.tenant == task_spec.tenant for s in self.tasks.values()) >= quota.max_tasks:
+                raise RateLimitError(
+                    f"this tenant has {quota.max_tasks} tasks (quotas.max_tasks): reuse a "
+                    "context, or ask the operator for more",
+                    retry_after_s=quota.retry_after_s,
+                )
             state = TaskState(task_id=task_id, tenant=task_spec.tenant, spec=task_spec.to_dict())
             state.event("created")
             self.tasks[task_id] = state

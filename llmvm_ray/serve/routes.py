@@ -35,6 +35,7 @@ from llmvm_ray.protocol import (
     FineTuneJobRequest,
 )
 from llmvm_ray.serve.openai_api import SSE_DONE, sse
+from llmvm_ray.serve.quotas import TenantRates
 from llmvm_ray.serve.request_limits import check_request
 from llmvm_ray.serve.service import OpenAIService
 
@@ -147,15 +148,18 @@ async def authorize(request: Request) -> str:
     """Check the bearer key against the app's keys; return the tenant it belongs to."""
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
-        return tenant_of(None)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    given = token.strip().encode()
-    if not any(hmac.compare_digest(given, k) for k in keys):
-        raise AuthenticationError("invalid API key")
-    return tenant_of(given.decode())
+        tenant = tenant_of(None)
+    else:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        given = token.strip().encode()
+        if not any(hmac.compare_digest(given, k) for k in keys):
+            raise AuthenticationError("invalid API key")
+        tenant = tenant_of(given.decode())
+    request.app.state.rates.take(tenant)
+    return tenant
 
 
 Tenant = Annotated[str, Depends(authorize)]
@@ -266,6 +270,7 @@ def create_app(service: OpenAIService) -> FastAPI:
     timeout = config.request_timeout_s
     app = FastAPI(title="llmvm-ray", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.api_keys = [k.get_secret_value().encode() for k in config.api_keys]
+    app.state.rates = TenantRates(service.config.quotas)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

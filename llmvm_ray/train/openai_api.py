@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmvm_ray.config import Config, TrainLimitsConfig
-from llmvm_ray.errors import InvalidRequestError, NotFoundError
+from llmvm_ray.errors import InvalidRequestError, NotFoundError, RateLimitError
 from llmvm_ray.registry.records import FinetuneRun, RunStatus
 
 # train.* fields only the operator sets: retries, disk kept, process and compiler settings.
@@ -236,6 +236,14 @@ def list_jobs(
 def create_job(service: Any, body: Mapping[str, Any], tenant: str) -> dict[str, Any]:
     """``POST /v1/fine_tuning/jobs``."""
     kwargs = create_kwargs(body, service.config, tenant)
+    quota = service.config.quotas
+    active = [r for r in service.list(tenant=tenant) if not r.status.terminal and r.origin == "api"]
+    if len(active) >= quota.max_active_finetunes:
+        raise RateLimitError(
+            f"this tenant has {len(active)} fine-tunes queued or running "
+            f"(quotas.max_active_finetunes {quota.max_active_finetunes})",
+            retry_after_s=quota.retry_after_s,
+        )
     try:
         run = service.create(**kwargs)
     except InvalidRequestError as exc:

@@ -160,3 +160,17 @@ def test_route_helpers_scope_jobs_to_their_tenant():
     assert page["object"] == "list" and page["has_more"] is False
     with pytest.raises(InvalidRequestError):
         openai_api.list_jobs(service, "acme", limit=0)
+
+
+def test_a_tenant_with_its_fine_tunes_quota_in_use_gets_a_429():
+    from llmvm_ray.errors import RateLimitError
+    from llmvm_ray.registry.records import RunStatus
+
+    config = CONFIG.model_copy(deep=True)
+    config.quotas.max_active_finetunes = 1
+    running = make_run(tenant="t").model_copy(update={"status": RunStatus.RUNNING})
+    service = _FakeService(running)
+    service.config = config
+    with pytest.raises(RateLimitError) as info:
+        openai_api.create_job(service, {**OK}, "t")
+    assert info.value.status == 429 and info.value.retry_after_s == config.quotas.retry_after_s
