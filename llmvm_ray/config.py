@@ -134,6 +134,9 @@ class ServeConfig(Section):
         default_factory=list,
         description="Accepted `Authorization: Bearer` keys; empty means no auth.",
     )
+    public_docs: bool = Field(
+        False, description="Serve /docs and /openapi.json without a key when keys are set."
+    )
     allow_unauthenticated: bool = Field(
         False,
         description="Serve without `api_keys` on a non-loopback `host` (refused otherwise).",

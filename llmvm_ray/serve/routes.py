@@ -268,8 +268,21 @@ def create_app(service: OpenAIService) -> FastAPI:
     """The ASGI app of one ingress replica, bound to its service."""
     config = service.config.serve
     timeout = config.request_timeout_s
-    app = FastAPI(title="llmvm-ray", version="0.1.0", docs_url="/docs", redoc_url=None)
+    # The API's description follows the API's auth rule unless the operator publishes it.
+    public = config.public_docs or not config.api_keys
+    app = FastAPI(
+        title="llmvm-ray",
+        version="0.1.0",
+        redoc_url=None,
+        docs_url="/docs" if public else None,
+        openapi_url="/openapi.json" if public else None,
+    )
     app.state.api_keys = [k.get_secret_value().encode() for k in config.api_keys]
+    if not public:
+        # Swagger UI cannot send a key, so /docs is not served; the document is, with one.
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_json(_: Tenant) -> JSONResponse:
+            return JSONResponse(app.openapi())
     app.state.rates = TenantRates(service.config.quotas)
 
     @app.exception_handler(RequestValidationError)

@@ -57,3 +57,20 @@ def test_a_flood_of_new_contexts_stops_at_the_tasks_quota(tmp_path):
     assert info.value.status == 429 and info.value.retry_after_s == 30.0
     route("someone else", "context 3")
     assert len(actor.tasks) == 4
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_the_api_description_follows_the_auth_rule(public):
+    config = Config.model_validate(
+        {
+            "models": [{"name": "tiny", "model_uri": "x"}],
+            "serve": {"api_keys": ["sk-a"], "public_docs": public},
+        }
+    )
+    with TestClient(create_app(OpenAIService(config, {}))) as client:
+        anonymous = client.get("/openapi.json")
+        keyed = client.get("/openapi.json", headers={"Authorization": "Bearer sk-a"})
+        docs = client.get("/docs")
+    assert keyed.status_code == 200 and "/v1/completions" in keyed.json()["paths"]
+    assert anonymous.status_code == (200 if public else 401)
+    assert docs.status_code == (200 if public else 404)
