@@ -283,6 +283,7 @@ def create_app(service: OpenAIService) -> FastAPI:
         @app.get("/openapi.json", include_in_schema=False)
         async def openapi_json(_: Tenant) -> JSONResponse:
             return JSONResponse(app.openapi())
+
     app.state.rates = TenantRates(service.config.quotas)
 
     @app.exception_handler(RequestValidationError)
