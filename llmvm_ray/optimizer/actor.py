@@ -71,6 +71,7 @@ class OptimizerActor:
         self.synthesizing: set[str] = set()
         self._synthesis_runs: set[asyncio.Task] = set()
         self._finetunes: FinetuneService | None = None
+        self._storage_failed = False  # the last journal write failed: probe before recording
         self._loop: asyncio.Task | None = None
         self._rng = random.Random()
         self.metrics = OptimizerMetrics(config.serve.app_name, self.opt.teacher_cost_per_1k_tokens)
@@ -128,6 +129,19 @@ class OptimizerActor:
         path = f"{self._journal_dir(state)}/{name}"
         self.storage.write_bytes(path, json.dumps(rows).encode())
         return path
+
+    def _probe_storage(self, state: TaskState) -> None:
+        """Whether the journal can be written again (a full or unwritable storage recovers
+        by itself); ``ServiceUnavailableError`` (503) while it cannot."""
+        try:
+            self._forget([self._journal(state, [])])
+        except Exception as exc:
+            raise ServiceUnavailableError(
+                f"storage cannot record answers now ({type(exc).__name__}); nothing was sent "
+                "to the teacher",
+                retry_after_s=self.opt.flush_interval_s,
+            ) from exc
+        self._storage_failed = False
 
     def _forget(self, journals: list[str]) -> None:
         for path in journals:
@@ -222,12 +236,15 @@ class OptimizerActor:
         if data_synthesis and state.synthesized == 0:
             self.synthesis_wanted.add(task_id)
         student = state.route == "student" and state.adapter is not None
+        record = (finetune or self.opt.record_all) and state.examples < self.opt.max_train_examples
+        if record and not student and self._storage_failed:
+            # Refuse before the teacher is paid for an answer that could not be kept.
+            await asyncio.to_thread(self._probe_storage, state)
         return {
             "task_id": task_id,
             "route": "student" if student else "teacher",
             "adapter": {"name": state.adapter, "path": state.adapter_path} if student else None,
-            "record": (finetune or self.opt.record_all)
-            and state.examples < self.opt.max_train_examples,
+            "record": record,
             "shadow": student and self._rng.random() < self.opt.shadow_rate,
         }
 
@@ -253,7 +270,9 @@ class OptimizerActor:
             return 0
         try:
             journal = await asyncio.to_thread(self._journal, state, new)
+            self._storage_failed = False
         except Exception as exc:
+            self._storage_failed = True
             for row in new:
                 seen.discard(row["prompt"])
                 self._count(state, row["split"], row, -1)

@@ -8,6 +8,7 @@ plain strings that survive pickling and JSON, turned back into (filesystem, path
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -97,11 +98,16 @@ class Storage:
                 out.write(data)
             return
         tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk must not keep the partial copy
+                os.unlink(tmp)
+            raise
 
     def list_files(self, path: str, suffix: str = "") -> list[str]:
         """Files directly inside ``path`` ending in ``suffix``, sorted; [] if it is missing."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from llmvm_ray.config import Config
 from llmvm_ray.optimizer.actor import OptimizerActor
 from llmvm_ray.optimizer.task import TaskSpec
@@ -116,5 +118,34 @@ def test_unreadable_files_are_quarantined_and_the_other_tasks_load(tmp_path):
         assert "quarantined" in events
         quarantined = {p.name.split(".")[0] for p in (tmp_path / "quarantine").rglob("*.*")}
         assert {"state", parts[0].name.split(".")[0], "0-torn"} <= quarantined
+
+    asyncio.run(main())
+
+
+def test_unwritable_storage_is_a_503_before_the_teacher_is_paid_and_recovers(tmp_path):
+    """The journal cannot be written (here its folder is a file, as a full or read-only
+    disk would refuse it): the answer is refused, the next recording requests are refused at
+    routing, before any teacher call, and recording resumes once the storage does."""
+    from llmvm_ray.errors import ServiceUnavailableError
+
+    async def main():
+        actor = OptimizerActor(config(tmp_path))
+        task_id = await record(actor, "ctx", rows(2))
+        journal = tmp_path / "tasks" / "default" / task_id / "journal"
+        await actor.flush()
+        journal.rmdir()
+        journal.write_text("not a folder")
+        with pytest.raises(ServiceUnavailableError):
+            await actor.record(task_id, rows(3, 2))
+        assert actor.tasks[task_id].examples == 2  # nothing counted for the refused row
+        with pytest.raises(ServiceUnavailableError) as refused:
+            await actor.route(spec("ctx"), finetune=True)
+        assert "nothing was sent to the teacher" in refused.value.message
+        assert (await actor.route(spec("ctx"), finetune=False))["record"] is False  # serves
+        journal.unlink()  # space is back
+        assert (await actor.route(spec("ctx"), finetune=True))["record"] is True
+        assert await actor.record(task_id, rows(3, 2)) == 1
+        leftovers = [p for p in (tmp_path / "tasks").rglob(".*.tmp")]
+        assert leftovers == []
 
     asyncio.run(main())
