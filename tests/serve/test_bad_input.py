@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from llmvm_ray.optimizer.task import tenant_of
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.ray
@@ -223,7 +224,9 @@ TOOL = {"description": "search", "url": "https://tools.example.com/q"}
 def test_extension_and_nested_bad_input(service, path, body, param):
     url, _ = service
     if path == "/v1/fine_tuning/jobs":
-        body = {"model": "tiny", "training_file": "datasets/none.parquet", **body}
+        # A path in the caller's own area (so that the nested field is what is refused).
+        own = f"datasets/{tenant_of(API_KEY)}/none.parquet"
+        body = {"model": "tiny", "training_file": own, **body}
     r = post(url, path, body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.json()
