@@ -126,8 +126,13 @@ class RegistryActor:
     # -- changes -----------------------------------------------------------------------------
 
     def create(self, run: FinetuneRun) -> FinetuneRun:
+        """Register a new QUEUED run. Idempotent: Ray retries a call the actor's restart
+        interrupted, and the same record again is the same run, not a conflict."""
         with self._lock:
-            if run.id in self._runs:
+            stored = self._runs.get(run.id)
+            if stored is not None:
+                if stored.model_copy(update={"updated_at": run.updated_at}) == run:
+                    return stored
                 raise ConflictError(f"fine-tune {run.id} already exists", param="id")
             if run.status != RunStatus.QUEUED:
                 raise InvalidRequestError("a new run must be QUEUED", param="status")
@@ -144,6 +149,8 @@ class RegistryActor:
         and no older run still queued (FIFO, so a big run is not starved by small ones)."""
         with self._lock:
             run = self._get(run_id)
+            if run.status == RunStatus.RUNNING:
+                return True  # a retry of the call that started it (only its supervisor asks)
             if run.status != RunStatus.QUEUED:
                 raise ConflictError(f"fine-tune {run_id} is {run.status}, not QUEUED")
             running = sum(r.status == RunStatus.RUNNING for r in self._runs.values())

@@ -225,7 +225,17 @@ class RunSupervisor:
             free = ray.available_resources()
             short = {k: v for k, v in required.items() if free.get(k, 0.0) + 1e-9 < v}
             if not short:
-                if self._registry.try_start(self._spec.run_id, self._queue.max_concurrent_runs):
+                try:
+                    started = self._registry.try_start(
+                        self._spec.run_id, self._queue.max_concurrent_runs
+                    )
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+                    # The registry is restarting (or gone a while): a queued run waits for
+                    # it rather than fail; try_start is idempotent if the call had landed.
+                    logger.warning("%s: registry unavailable, still queued", self._spec.run_id)
+                    self._cancel.wait(self._queue.poll_interval_s)
+                    continue
+                if started:
                     return True
                 reason = (
                     "waiting for earlier fine-tunes "

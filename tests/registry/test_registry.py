@@ -38,8 +38,8 @@ def test_lifecycle_and_queries(registry, tmp_path):
     a, b = make_run("task-a"), make_run("task-b", tenant="acme")
     registry.create(a)
     registry.create(b)
-    with pytest.raises(ConflictError):
-        registry.create(a)
+    with pytest.raises(ConflictError):  # an id names one run (the same record again: a retry)
+        registry.create(a.model_copy(update={"task_id": "task-other"}))
     assert registry.try_start(a.id, max_concurrent=1)
     assert not registry.try_start(b.id, max_concurrent=1)  # one at a time
     registry.update(a.id, {"progress": {"step": 3, "total_steps": 10}})
@@ -229,3 +229,17 @@ def test_survives_ray_restart(registry_config):
     assert before[running.id].status == RunStatus.RUNNING
     assert after[running.id].status == RunStatus.FAILED
     assert "cluster restart" in after[running.id].error
+
+
+def test_a_retried_create_or_start_is_idempotent(registry, tmp_path):
+    """Ray retries a call whose actor restarted mid-way: the same record again is the same
+    run, and a start that already happened answers True again (the record loaded anew)."""
+    run = make_run()
+    registry.create(run)
+    again = RegistryActor(str(tmp_path / "store"), "llmvm", reconcile_interval_s=0)
+    assert again.create(run).id == run.id  # the retried call, on the restarted actor
+    with pytest.raises(ConflictError):
+        again.create(run.model_copy(update={"task_id": "another"}))
+    assert again.try_start(run.id, 1) is True
+    assert again.try_start(run.id, 1) is True
+    assert again.get(run.id).status == RunStatus.RUNNING
