@@ -99,17 +99,20 @@ async def generate(handle: Any, *args: Any) -> Any:
     Cancelling the caller cancels the replica's work too."""
     from ray.exceptions import RayActorError
 
-    for attempt in (1, 2):
-        response = handle.generate.remote(*args)
-        try:
-            return await response
-        except RayActorError:
-            if attempt == 2:
-                raise
-        except asyncio.CancelledError:
-            response.cancel()  # the caller gave up: so does the replica (Serve does not)
-            raise
-    raise AssertionError("unreachable")
+    try:
+        return await _cancellable(handle.generate.remote(*args))
+    except RayActorError:
+        return await _cancellable(handle.generate.remote(*args))
+
+
+async def _cancellable(response: Any) -> Any:
+    """Await a Serve response; if the caller gives up, so does the replica (Serve does not
+    cancel a handle call whose awaiting task is cancelled)."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
 
 
 def service_url(config: Config) -> str:
