@@ -112,8 +112,9 @@ class OptimizerActor:
             self.tasks[state.task_id] = state
             rows = self._readable_rows(state)
             self.seen_prompts[state.task_id] = {r["prompt"] for r in rows}
-            rows += self._replay(state)
-            replayed += len(rows) - len(self.seen_prompts[state.task_id])
+            journaled = self._replay(state)
+            replayed += len(journaled)
+            rows += journaled
             # The data is the truth: counters saved before a kill may lag behind it.
             state.examples = len(rows)
             state.holdout = sum(r.get("split") == "holdout" for r in rows)
